@@ -1,0 +1,386 @@
+"""CIFAR-10 and CIFAR-100 datamodules and a reader for the CIFAR-10 binary version.
+
+Preprocessing follows the LipschitzLR paper (section 7.3): "the raw image values were divided by
+255 after removing the means across each channel", i.e. ``x = (x - mean_c) / 255`` with the
+per-channel means of the training set. Augmentation is "flipping and translation" as in He et
+al. 2016: random horizontal flip and a random 32x32 crop of the image zero-padded by 4 pixels
+(the padding is 0 after mean removal, i.e. the mean colour).
+
+Where the files come from, in this order (``prepare_data``):
+
+1. ``<data_dir>/cifar-10-batches-py/`` (or ``cifar-100-python/``): torchvision's python-pickle
+   layout;
+2. CIFAR-10 only: ``<data_dir>/cifar-10-batches-bin/``, the official binary version;
+3. CIFAR-10 only: a tar archive of that folder, ``archive=`` or ``<data_dir>/cifar-10-binary.tar*``
+   (``.tar.gz`` as downloaded, or ``.tar.xz``), extracted into ``data_dir``;
+4. ``torchvision.datasets.CIFAR10/CIFAR100(root=data_dir, download=True)``.
+
+If all fail, :class:`DatasetNotFoundError` says which files to put where. Every file is checked
+against its md5 when loaded (``verify_checksums=True``): the official table for the binary
+version, torchvision's table for the python version.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from pytorch_lightning.utilities import rank_zero_info
+from torchvision import transforms
+
+from lipschitz_lightning.data.base import (
+    BaseDataModule,
+    DatasetCorruptError,
+    DatasetNotFoundError,
+    ImageTensorDataset,
+    verify_md5,
+)
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+CIFAR10_BINARY_FOLDER = "cifar-10-batches-bin"
+# Official md5s of the extracted binary version (cifar-10-binary.tar.gz from the CIFAR site).
+CIFAR10_BINARY_MD5: dict[str, str] = {
+    "data_batch_1.bin": "5dd7e06a14cb22eb9f671a540d1b7c25",
+    "data_batch_2.bin": "5ea93a67294ea407fff1d09f752e9692",
+    "data_batch_3.bin": "942cd6a4bcdd0dd3c604fbe906cb4421",
+    "data_batch_4.bin": "ae636b3ba5c66a11e91e8cb52e771fcb",
+    "data_batch_5.bin": "53f37980c15c3d472c316c40844f3f0d",
+    "test_batch.bin": "803d5f7f4d78ea53de84dbe85f74fb6d",
+}
+CIFAR10_BINARY_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR10_BINARY_TEST = ("test_batch.bin",)
+_IMAGE_BYTES = 3 * 32 * 32
+_RECORD_BYTES = 1 + _IMAGE_BYTES
+
+
+def read_cifar10_binary(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read one file of the CIFAR-10 binary version.
+
+    Each record is 3,073 bytes: a label byte (0-9), then 1,024 red, 1,024 green and 1,024 blue
+    bytes of a 32x32 image in row-major order.
+
+    Args:
+        path: A ``data_batch_*.bin`` or ``test_batch.bin`` file.
+
+    Returns:
+        ``(images, labels)``: uint8 array ``(N, 3, 32, 32)`` (channels R, G, B) and int64 ``(N,)``.
+
+    Raises:
+        DatasetCorruptError: If the size is not a positive multiple of 3,073 bytes or a label is
+            not in 0-9.
+    """
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % _RECORD_BYTES != 0:
+        raise DatasetCorruptError(
+            f"corrupt file: {path} ({raw.size} bytes is not a positive multiple of the {_RECORD_BYTES}-byte record)"
+        )
+    records = raw.reshape(-1, _RECORD_BYTES)
+    labels = records[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise DatasetCorruptError(f"corrupt file: {path} (label {labels.max()} outside 0-9)")
+    images = records[:, 1:].reshape(-1, 3, 32, 32).copy()
+    return images, labels
+
+
+def read_cifar_python(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read one pickled batch of the python version (CIFAR-10 ``data_batch_*`` / CIFAR-100 ``train``).
+
+    Reads it the way torchvision does (``pickle.load(..., encoding="latin1")``) and accepts
+    ``labels`` (CIFAR-10) or ``fine_labels`` (CIFAR-100), as str or bytes keys.
+
+    Args:
+        path: A pickled dict with ``data`` (N x 3,072 uint8, R then G then B planes) and labels.
+
+    Returns:
+        ``(images, labels)``: uint8 array ``(N, 3, 32, 32)`` and int64 ``(N,)``.
+
+    Raises:
+        DatasetCorruptError: If the pickle lacks the keys or has inconsistent sizes.
+    """
+    with open(path, "rb") as handle:
+        try:
+            entry = pickle.load(handle, encoding="latin1")
+        except Exception as error:  # unpickling garbage raises many types
+            raise DatasetCorruptError(f"corrupt file: {path} (not a readable pickle: {error})") from error
+    entry = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in entry.items()}
+    labels = entry.get("labels", entry.get("fine_labels"))
+    if "data" not in entry or labels is None:
+        raise DatasetCorruptError(f"corrupt file: {path} (expected keys 'data' and 'labels' or 'fine_labels')")
+    data = np.asarray(entry["data"], dtype=np.uint8)
+    labels = np.asarray(labels, dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != _IMAGE_BYTES or data.shape[0] != labels.shape[0]:
+        raise DatasetCorruptError(f"corrupt file: {path} (data {data.shape} and {labels.shape[0]} labels)")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _load_files(folder: Path, names: Sequence[str], md5s: dict[str, str], verify: bool, binary: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        if verify:
+            verify_md5(path, md5s[name])
+        batch_images, batch_labels = read_cifar10_binary(path) if binary else read_cifar_python(path)
+        images.append(batch_images)
+        labels.append(batch_labels)
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def channel_means(images: torch.Tensor) -> list[float]:
+    """Per-channel mean of uint8 images ``(N, C, H, W)`` in pixel units, computed exactly in int64."""
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    return [images[:, c].sum(dtype=torch.int64).item() / count for c in range(images.shape[1])]
+
+
+class _CIFARDataModule(BaseDataModule):
+    """CIFAR-10/100 common code; see the module docstring for file lookup and preprocessing."""
+
+    dataset_name: str
+    num_classes: int
+    torchvision_class: type[torchvision.datasets.CIFAR10]
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        pin_memory: bool = False,
+        shuffle: bool = True,
+        verify_checksums: bool = True,
+        channel_mean: Sequence[float] | None = None,
+        augment: bool = True,
+    ) -> None:
+        super().__init__(data_dir, batch_size, num_workers, seed, pin_memory, shuffle)
+        if channel_mean is not None and len(channel_mean) != 3:
+            raise ValueError(f"{type(self).__name__}: channel_mean needs 3 values (R, G, B); got {channel_mean!r}")
+        self.input_shape: tuple[int, ...] = (3, 32, 32)
+        self.num_outputs = self.num_classes
+        self.loss = "softmax_ce"
+        self.verify_checksums = verify_checksums
+        self.augment = augment
+        self.channel_mean: list[float] | None = None if channel_mean is None else [float(m) for m in channel_mean]
+        self._given_mean = channel_mean is not None
+
+    # --- locating files -------------------------------------------------------------------
+    @property
+    def python_folder(self) -> Path:
+        return Path(self.data_dir) / self.torchvision_class.base_folder
+
+    def _python_names(self) -> tuple[list[str], list[str]]:
+        tv = self.torchvision_class
+        return [name for name, _ in tv.train_list], [name for name, _ in tv.test_list]
+
+    def _python_md5(self) -> dict[str, str]:
+        tv = self.torchvision_class
+        return {name: md5 for name, md5 in tv.train_list + tv.test_list}
+
+    def _find_local(self) -> str | None:
+        """Return ``"python"`` or ``"binary"`` for a complete folder in ``data_dir``, else None."""
+        train, test = self._python_names()
+        if all((self.python_folder / name).is_file() for name in train + test):
+            return "python"
+        return None
+
+    def _missing_message(self) -> str:
+        return (
+            f"{self.dataset_name} not found in {os.path.abspath(self.data_dir)} and it could not be downloaded "
+            f"(no network?). Put {self.torchvision_class.base_folder}/ (python version) from {CIFAR_URL} "
+            f"into {os.path.abspath(self.data_dir)}"
+        )
+
+    def _acquire_extra(self) -> bool:
+        """Hook for sources beyond the python version (CIFAR-10: the binary archive)."""
+        return False
+
+    def prepare_data(self) -> None:
+        """Make sure the files are in ``data_dir``: local folder, archive, else download.
+
+        Raises:
+            DatasetNotFoundError: If nothing is found and the download fails; chains its error.
+        """
+        if self._find_local() is not None or self._acquire_extra():
+            return
+        os.makedirs(self.data_dir, exist_ok=True)
+        rank_zero_info(f"{self.dataset_name}: no local copy in {self.data_dir}; trying torchvision download")
+        try:
+            # torchvision fetches and unpacks the python version (or only unpacks a
+            # cifar-*-python.tar.gz already in data_dir whose md5 matches).
+            self.torchvision_class(root=self.data_dir, train=True, download=True)
+        except Exception as error:
+            raise DatasetNotFoundError(self._missing_message()) from error
+
+    # --- loading --------------------------------------------------------------------------
+    def _load(self, source: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if source == "binary":
+            folder = Path(self.data_dir) / CIFAR10_BINARY_FOLDER
+            train = _load_files(folder, CIFAR10_BINARY_TRAIN, CIFAR10_BINARY_MD5, self.verify_checksums, True)
+            test = _load_files(folder, CIFAR10_BINARY_TEST, CIFAR10_BINARY_MD5, self.verify_checksums, True)
+        else:
+            train_names, test_names = self._python_names()
+            md5s = self._python_md5()
+            train = _load_files(self.python_folder, train_names, md5s, self.verify_checksums, False)
+            test = _load_files(self.python_folder, test_names, md5s, self.verify_checksums, False)
+        for labels, split in ((train[1], "train"), (test[1], "test")):
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise DatasetCorruptError(
+                    f"{self.dataset_name} {split} labels outside 0..{self.num_classes - 1} in {self.data_dir}"
+                )
+        return train[0], train[1], test[0], test[1]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load both splits into memory (once), compute the channel means, build the datasets.
+
+        Raises:
+            DatasetNotFoundError: If the files are missing and cannot be fetched.
+            DatasetCorruptError: If a file fails its md5 or format check.
+        """
+        if self.train_dataset is not None:
+            return
+        source = self._find_local()
+        if source is None:
+            self.prepare_data()
+            source = self._find_local()
+            if source is None:
+                raise DatasetNotFoundError(self._missing_message())
+        train_images, train_labels, test_images, test_labels = self._load(source)
+        if not self._given_mean:
+            self.channel_mean = channel_means(train_images)
+        rank_zero_info(
+            f"{self.dataset_name}: {len(train_labels)} train / {len(test_labels)} test images from the {source} "
+            f"version in {self.data_dir}; channel means {[round(m, 3) for m in self.channel_mean or []]}"
+        )
+        augmentation = None
+        if self.augment:
+            augmentation = transforms.Compose(
+                [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+            )
+        self.train_dataset = ImageTensorDataset(train_images, train_labels, self.channel_mean, transform=augmentation)
+        self.probe_dataset = ImageTensorDataset(train_images, train_labels, self.channel_mean)
+        self.test_dataset = ImageTensorDataset(test_images, test_labels, self.channel_mean)
+
+
+class CIFAR10DataModule(_CIFARDataModule):
+    """CIFAR-10 (10 classes, 50,000 train / 10,000 test 32x32 RGB images), paper section 7.4.
+
+    Reads the python version (torchvision layout) or the official binary version, from a folder
+    or a tar archive in ``data_dir``, or downloads the python version via torchvision.
+
+    Args:
+        data_dir: Folder with ``cifar-10-batches-py/``, ``cifar-10-batches-bin/`` or an archive.
+        batch_size: Samples per batch.
+        num_workers: DataLoader workers.
+        seed: Seed of the shuffle order.
+        pin_memory: Pin host memory.
+        shuffle: Shuffle the training split.
+        verify_checksums: Check every file's md5 against the official table when loading.
+        channel_mean: Per-channel means (0-255) to subtract; None computes them on the training set.
+        augment: Random flip + translation on the training split.
+        archive: A ``.tar.gz``/``.tar.xz`` of ``cifar-10-batches-bin/`` anywhere (may be read-only);
+            it is extracted into ``data_dir``. Without it ``data_dir/cifar-10-binary.tar*`` is used.
+
+    Raises:
+        ValueError: On bad batch_size / num_workers / channel_mean.
+    """
+
+    dataset_name = "CIFAR-10"
+    num_classes = 10
+    torchvision_class = torchvision.datasets.CIFAR10
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        pin_memory: bool = False,
+        shuffle: bool = True,
+        verify_checksums: bool = True,
+        channel_mean: Sequence[float] | None = None,
+        augment: bool = True,
+        archive: str | None = None,
+    ) -> None:
+        super().__init__(
+            data_dir, batch_size, num_workers, seed, pin_memory, shuffle, verify_checksums, channel_mean, augment
+        )
+        self.archive = archive
+
+    @property
+    def binary_folder(self) -> Path:
+        return Path(self.data_dir) / CIFAR10_BINARY_FOLDER
+
+    def _find_local(self) -> str | None:
+        found = super()._find_local()
+        if found is None and all((self.binary_folder / name).is_file() for name in CIFAR10_BINARY_MD5):
+            found = "binary"
+        return found
+
+    def _binary_archives(self) -> list[Path]:
+        if self.archive is not None:
+            return [Path(self.archive)]
+        return sorted(Path(self.data_dir).glob("cifar-10-binary.tar*"))
+
+    def _acquire_extra(self) -> bool:
+        """Extract a binary-version archive into ``data_dir``; True if that gave a complete folder.
+
+        Raises:
+            DatasetNotFoundError: If an explicit ``archive`` does not exist.
+            DatasetCorruptError: If the archive cannot be read or lacks the expected files.
+        """
+        for path in self._binary_archives():
+            if not path.is_file():
+                raise DatasetNotFoundError(f"CIFAR-10 archive not found: {path}")
+            rank_zero_info(f"CIFAR-10: extracting {path} into {self.data_dir}")
+            os.makedirs(self.data_dir, exist_ok=True)
+            try:
+                with tarfile.open(path, "r:*") as tar:
+                    tar.extractall(self.data_dir, filter="data")
+            except (tarfile.TarError, EOFError, OSError) as error:
+                raise DatasetCorruptError(f"corrupt file: {path} (cannot extract: {error})") from error
+            if self._find_local() != "binary":
+                raise DatasetCorruptError(
+                    f"corrupt file: {path} (it did not contain {CIFAR10_BINARY_FOLDER}/ with "
+                    f"{', '.join(CIFAR10_BINARY_MD5)})"
+                )
+            return True
+        return False
+
+    def _missing_message(self) -> str:
+        root = os.path.abspath(self.data_dir)
+        return (
+            f"CIFAR-10 not found in {root} and it could not be downloaded (no network?). Put either "
+            f"cifar-10-batches-py/ (python version) or cifar-10-batches-bin/ (binary version) from {CIFAR_URL} "
+            f"into {root} (a cifar-10-binary.tar.gz / .tar.xz archive of the binary version placed in {root} "
+            "is extracted automatically)"
+        )
+
+
+class CIFAR100DataModule(_CIFARDataModule):
+    """CIFAR-100 (100 fine classes, 50,000 train / 10,000 test images), paper section 7.4.1.
+
+    Reads torchvision's python layout ``<data_dir>/cifar-100-python/{train,test}`` (fine
+    labels) or downloads it via torchvision.
+
+    Args:
+        data_dir: Folder with ``cifar-100-python/``.
+        batch_size: Samples per batch.
+        num_workers: DataLoader workers.
+        seed: Seed of the shuffle order.
+        pin_memory: Pin host memory.
+        shuffle: Shuffle the training split.
+        verify_checksums: Check the files against torchvision's md5 table when loading.
+        channel_mean: Per-channel means (0-255) to subtract; None computes them on the training set.
+        augment: Random flip + translation on the training split.
+
+    Raises:
+        ValueError: On bad batch_size / num_workers / channel_mean.
+    """
+
+    dataset_name = "CIFAR-100"
+    num_classes = 100
+    torchvision_class = torchvision.datasets.CIFAR100
