@@ -93,13 +93,18 @@ def bias_corrected(value: float, beta: float, t: int) -> float:
     return value / (1.0 - beta**t)
 
 
+def _ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, with ``inf`` for a zero denominator (caught as unusable)."""
+    return numerator / denominator if denominator else math.inf
+
+
 def _maybe_corrected(value: float, beta: float, t: int, hyper: RuleHyper) -> float:
     return bias_corrected(value, beta, t) if hyper.bias_correction else value
 
 
 def adaptive_sgd(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tuple[float, RuleState]:
     """Adaptive SGD: ``lr = 1 / L``; no state beyond the epoch count."""
-    return 1.0 / stats.L, replace(state, t=state.t + 1)
+    return _ratio(1.0, stats.L), replace(state, t=state.t + 1)
 
 
 def adamo(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tuple[float, RuleState]:
@@ -107,7 +112,7 @@ def adamo(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tuple[float,
     beta = hyper.betas[0]
     t = state.t + 1
     k1 = ewma(state.K1, stats.L, beta)
-    return 1.0 / _maybe_corrected(k1, beta, t, hyper), replace(state, K1=k1, t=t)
+    return _ratio(1.0, _maybe_corrected(k1, beta, t, hyper)), replace(state, K1=k1, t=t)
 
 
 def adaptive_rmsprop(
@@ -118,7 +123,7 @@ def adaptive_rmsprop(
     beta = hyper.betas[1]
     t = state.t + 1
     k2 = ewma(state.K2, stats.G2, beta)
-    lr = (math.sqrt(max(_maybe_corrected(k2, beta, t, hyper), 0.0)) + hyper.eps) / stats.k_z
+    lr = _ratio(math.sqrt(max(_maybe_corrected(k2, beta, t, hyper), 0.0)) + hyper.eps, stats.k_z)
     return lr, replace(state, K2=k2, t=t)
 
 
@@ -130,7 +135,7 @@ def auto_adam(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tuple[fl
     k2 = ewma(state.K2, stats.G2, b2)
     k1_hat = _maybe_corrected(k1, b1, t, hyper)
     k2_hat = _maybe_corrected(k2, b2, t, hyper)
-    lr = (math.sqrt(max(k2_hat, 0.0)) + hyper.eps) / k1_hat
+    lr = _ratio(math.sqrt(max(k2_hat, 0.0)) + hyper.eps, k1_hat)
     return lr, RuleState(K1=k1, K2=k2, t=t)
 
 

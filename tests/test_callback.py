@@ -1,0 +1,448 @@
+"""The LipschitzLR callback: gathering, rates, DDP invariance, resume, no host sync, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import nn
+
+from lipschitz_lightning import LipschitzLR
+from tests.lipschitz_toys import (
+    OPTIMIZERS,
+    RateRecorder,
+    ToyDataModule,
+    ToyModule,
+    ToyNet,
+    make_data,
+    trainer,
+)
+
+
+def toy(rule="sgd", loss="softmax_ce", k=3, seed=0, **net_kwargs):
+    torch.manual_seed(seed)
+    return ToyModule(ToyNet(k=k, **net_kwargs), OPTIMIZERS[rule], loss=loss)
+
+
+def max_param_norm(module):
+    return max(float(p.detach().norm()) for p in module.parameters())
+
+
+class InputRecorder(pl.Callback):
+    """An independent record of the head input in training steps, and of W at each epoch end."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_fit_start(self, trainer, pl_module):
+        def hook(module, args):
+            if module.training and torch.is_grad_enabled():
+                self.epochs[-1]["A"].append(args[0].detach().clone())
+
+        self.handle = pl_module.net.head.register_forward_pre_hook(hook)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epochs.append({"A": []})
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs[-1]["W"] = max_param_norm(pl_module)
+        self.epochs[-1]["head"] = pl_module.net.head.weight.detach().clone()
+
+
+# --------------------------------------------------------------------------- the formula, end to end
+
+@pytest.mark.parametrize("rule", ["sgd", "adamo", "rmsprop", "adam"])
+def test_rates_follow_the_spec_formula_on_independently_recorded_statistics(rule):
+    module = toy(rule)
+    data = ToyDataModule(make_data(n=48), batch_size=16)
+    first = {"sgd": 0.05, "adamo": 0.1, "rmsprop": 0.01, "adam": 1e-3}[rule]
+    inputs, rates = InputRecorder(), RateRecorder()
+    cb = LipschitzLR(rule=rule, loss="softmax_ce", first_epoch_lr=first)
+    trainer([cb, inputs, rates], max_epochs=3).fit(module, datamodule=data)
+
+    lam, k, m, eps = 1e-3, 3, 16, 1e-7
+    b1, b2 = {"sgd": (0, 0), "adamo": (0.9, 0), "rmsprop": (0, 0.9), "adam": (0.9, 0.999)}[rule]
+    K1 = first if rule == "adamo" else 0.0
+    K2 = 0.0
+    expected = []
+    for epoch in inputs.epochs:
+        k_z = max(float(a.norm()) for a in epoch["A"])
+        s = max(float((a * a).norm()) for a in epoch["A"])
+        c = (k - 1) / (k * m)
+        L = c * k_z + lam * epoch["W"]
+        G2 = c**2 * s + 2 * lam * epoch["W"] * c * k_z
+        K1 = b1 * K1 + (1 - b1) * L
+        K2 = b2 * K2 + (1 - b2) * G2
+        expected.append({"sgd": 1 / L, "adamo": 1 / K1, "rmsprop": (math.sqrt(K2) + eps) / k_z,
+                         "adam": (math.sqrt(K2) + eps) / K1}[rule])
+    assert rates.rates[0] == pytest.approx(first)
+    for epoch in (1, 2):
+        assert rates.rates[epoch] == pytest.approx(expected[epoch - 1], rel=1e-5)
+    # what was logged describes the same numbers
+    assert cb.last_stats["K_z"] == pytest.approx(max(float(a.norm()) for a in inputs.epochs[-1]["A"]), rel=1e-5)
+    assert cb.last_stats["next_lr"] == pytest.approx(expected[-1], rel=1e-5)
+
+
+def test_logged_keys_and_theory_check():
+    module = toy("adam")
+    cb = LipschitzLR(rule="adam", loss="softmax_ce")
+    t = trainer([cb], max_epochs=2)
+    t.fit(module, datamodule=ToyDataModule(make_data(), batch_size=16))
+    keys = {"lipschitz/lr", "lipschitz/next_lr", "lipschitz/L", "lipschitz/K_z", "lipschitz/W", "lipschitz/K1",
+            "lipschitz/K2", "lipschitz/grad_max_over_L", "lipschitz/capped", "lipschitz/bound_invalid"}
+    assert keys <= set(t.callback_metrics)
+    ratio = float(t.callback_metrics["lipschitz/grad_max_over_L"])
+    assert 0 < ratio <= 1.0  # the bound holds on this run
+
+
+def test_grad_max_over_L_matches_an_independent_measurement():
+    module = toy("sgd")
+    inputs = InputRecorder()
+    grads = []
+
+    class GradRecorder(pl.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            w = pl_module.net.head.weight
+            grads.append(float((w.grad + 1e-3 * w).abs().max()))
+
+    cb = LipschitzLR(rule="sgd", loss="softmax_ce", first_epoch_lr=0.05)
+    trainer([cb, inputs, GradRecorder()], max_epochs=1).fit(module, datamodule=ToyDataModule(make_data(), 16))
+    assert cb.last_stats["grad_max_over_L"] == pytest.approx(max(grads) / cb.last_stats["L"], rel=1e-5)
+
+
+def test_first_epoch_probe_leaves_no_trace():
+    """The default first-epoch probe (sgd) runs no-grad and restores RNG and BatchNorm statistics."""
+    module = toy("sgd", batchnorm=True, dropout=0.5)
+    before = {n: b.clone() for n, b in module.named_buffers()}
+    cb = LipschitzLR(rule="sgd", loss="softmax_ce")
+
+    rng = []
+    probe = cb._run_probe
+
+    def run_probe(*args, **kwargs):
+        rng.append(torch.random.get_rng_state())
+        probe(*args, **kwargs)
+        rng.append(torch.random.get_rng_state())
+
+    cb._run_probe = run_probe
+
+    class Stop(pl.Callback):
+        def on_train_start(self, trainer, pl_module):  # runs after LipschitzLR's probe
+            self.buffers = {n: b.clone() for n, b in pl_module.named_buffers()}
+
+    stop = Stop()
+    trainer([cb, stop], max_epochs=1).fit(module, datamodule=ToyDataModule(make_data(), 16))
+    assert len(rng) == 2 and torch.equal(rng[0], rng[1])
+    assert all(torch.equal(before[n], stop.buffers[n]) for n in before)
+    assert cb.last_stats["lr"] > 0 and math.isfinite(cb.last_stats["lr"])
+
+
+def test_probe_first_rate_is_one_over_L_of_the_initial_weights():
+    module = toy("sgd")
+    net = module.net
+    x = make_data(n=64).tensors[0]
+    with torch.no_grad():
+        k_z = max(float(net.body(x[i:i + 16]).norm()) for i in range(0, 64, 16))
+    L = 2 / (3 * 16) * k_z + 1e-3 * max_param_norm(module)
+    rates = RateRecorder()
+    cb = LipschitzLR(rule="sgd", loss="softmax_ce", init_probe_batches=4)
+    trainer([cb, rates], max_epochs=1).fit(module, datamodule=ToyDataModule(make_data(n=64), 16))
+    assert rates.rates[0] == pytest.approx(1 / L, rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["bce", "mse"])
+def test_bce_and_mse_losses(loss):
+    torch.manual_seed(0)
+    module = ToyModule(ToyNet(k=1), OPTIMIZERS["sgd"], loss=loss)
+    inputs, rates = InputRecorder(), RateRecorder()
+    outputs = []
+    module.net.head.register_forward_hook(
+        lambda mod, args, out: outputs.append(out.detach().clone()) if torch.is_grad_enabled() else None)
+    data = make_data(n=32, loss=loss)
+    cb = LipschitzLR(rule="sgd", loss=loss, first_epoch_lr=0.01)
+    trainer([cb, inputs, rates], max_epochs=1).fit(module, datamodule=ToyDataModule(data, 16))
+    epoch = inputs.epochs[0]
+    k_z = max(float(a.norm()) for a in epoch["A"])
+    m, lam = 16, 1e-3
+    if loss == "bce":
+        L = k_z / (2 * m) + lam * epoch["W"]
+    else:
+        k_a = max(float(o.norm()) for o in outputs)
+        y_norm = max(float(data.tensors[1][i:i + 16].norm()) for i in (0, 16))
+        L = (k_a - y_norm) * k_z / m + lam * epoch["W"]
+        assert cb.last_stats["y_norm"] == pytest.approx(y_norm, rel=1e-5)
+        assert cb.last_stats["K_a"] == pytest.approx(k_a, rel=1e-5)
+    assert cb.last_stats["L"] == pytest.approx(L, rel=1e-5)
+    if L > 0:
+        assert cb.lr == pytest.approx(1 / L, rel=1e-5)
+    else:  # the least-squares form goes negative while outputs are smaller than targets
+        assert cb.lr == 0.01 and cb.last_stats["bound_invalid"] == 1.0
+
+
+def test_gradient_accumulation_counts_the_effective_batch():
+    """batch 8 x accumulate 2 gives the same K_z, m and rate as batch 16."""
+    results = []
+    for batch, accumulate in ((16, 1), (8, 2)):
+        module = toy("sgd")
+        rates = RateRecorder()
+        cb = LipschitzLR(rule="sgd", loss="softmax_ce", first_epoch_lr=0.05)
+        trainer([cb, rates], max_epochs=2, accumulate_grad_batches=accumulate).fit(
+            module, datamodule=ToyDataModule(make_data(), batch))
+        results.append((rates.stats[0]["K_z"], rates.stats[0]["m"], rates.rates[1]))
+    assert results[0][1] == results[1][1] == 16
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    assert results[1][2] == pytest.approx(results[0][2], rel=1e-4)
+
+
+def test_per_group_lr_scale_is_respected():
+    module = toy("sgd")
+
+    def two_groups(params):
+        params = list(params)
+        return torch.optim.SGD([{"params": params[:2]}, {"params": params[2:], "lr_scale": 0.5}], lr=0.3)
+
+    module.optimizer_fn = two_groups
+    seen = []
+
+    class Groups(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append([g["lr"] for g in trainer.optimizers[0].param_groups])
+
+    trainer([LipschitzLR(first_epoch_lr=0.2), Groups()], max_epochs=2).fit(module, datamodule=ToyDataModule(make_data(), 16))
+    assert seen[0] == pytest.approx([0.2, 0.1])
+    assert seen[-1][1] == pytest.approx(seen[-1][0] * 0.5)
+
+
+def test_probe_source_uses_the_probe_dataloader():
+    module = toy("sgd", dropout=0.5)
+    data = ToyDataModule(make_data(n=48), 16)
+    cb = LipschitzLR(rule="sgd", source="probe", first_epoch_lr=0.05)
+    t = trainer([cb], max_epochs=1)
+    t.fit(module, datamodule=data)
+    # eval mode, final weights, un-augmented data: recompute K_z by hand
+    module.eval()
+    with torch.no_grad():
+        x = data.dataset.tensors[0]
+        k_z = max(float(module.net.body(x[i:i + 16]).norm()) for i in range(0, 48, 16))
+    assert cb.last_stats["K_z"] == pytest.approx(k_z, rel=1e-5)
+
+
+def test_probe_source_needs_a_probe_dataloader():
+    module = toy("sgd")
+    loader = torch.utils.data.DataLoader(make_data(), batch_size=16)
+    with pytest.raises(ValueError, match="probe_dataloader"):
+        trainer([LipschitzLR(source="probe", first_epoch_lr=0.1)], max_epochs=1).fit(module, train_dataloaders=loader)
+
+
+# --------------------------------------------------------------------------- caps, bad bounds, decay
+
+def test_max_lr_and_max_growth_caps_bind_and_are_logged():
+    module = toy("adamo")
+    rates = RateRecorder()
+    cb = LipschitzLR(rule="adamo", first_epoch_lr=0.1, max_growth=2.0)
+    t = trainer([cb, rates], max_epochs=3)
+    t.fit(module, datamodule=ToyDataModule(make_data(), 16))
+    assert rates.rates[1] == pytest.approx(0.2)  # AdaMo jumps far more than 2x after epoch 1
+    assert rates.rates[2] <= 2 * rates.rates[1] + 1e-12
+    module = toy("sgd")
+    cb = LipschitzLR(rule="sgd", first_epoch_lr=0.01, max_lr=0.05)
+    t = trainer([cb], max_epochs=2)
+    t.fit(module, datamodule=ToyDataModule(make_data(), 16))
+    assert cb.lr == pytest.approx(0.05)
+    assert float(t.callback_metrics["lipschitz/capped"]) == 1.0
+
+
+class Dead(nn.Module):
+    """All-zero head input: K_z = 0 and, without weight decay, L = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x) * 0)
+
+
+def test_unusable_bound_keeps_the_previous_rate_and_warns_once():
+    module = ToyModule(Dead(), lambda p: torch.optim.SGD(p, lr=0.1))
+    rates = RateRecorder()
+    cb = LipschitzLR(rule="sgd", first_epoch_lr=0.03)
+    t = trainer([cb, rates], max_epochs=3)
+    with pytest.warns(UserWarning, match="unusable bound") as record:
+        t.fit(module, datamodule=ToyDataModule(make_data(), 16))
+    assert rates.rates == pytest.approx([0.03, 0.03, 0.03])
+    assert sum("unusable bound" in str(w.message) for w in record) == 1
+    assert float(t.callback_metrics["lipschitz/bound_invalid"]) == 1.0
+
+
+def test_time_based_decay_on_top():
+    module = toy("sgd")
+    seen = []
+
+    class Steps(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((trainer.global_step, trainer.optimizers[0].param_groups[0]["lr"]))
+
+    cb = LipschitzLR(rule="sgd", first_epoch_lr=0.1, decay=0.5)
+    trainer([cb, Steps()], max_epochs=1).fit(module, datamodule=ToyDataModule(make_data(), 16))
+    assert [lr for _, lr in seen] == pytest.approx([0.1 / (1 + 0.5 * step) for step, _ in seen])
+
+
+# --------------------------------------------------------------------------- no host sync per step
+
+class SyncGuard:
+    """Makes host transfers of tensors fail while ``active``."""
+
+    NAMES = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")
+
+    def __init__(self, monkeypatch):
+        self.active = False
+        self.calls = 0
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def guarded(tensor, *args, __original=original, __name=name, **kwargs):
+                if self.active:
+                    raise AssertionError(f"host sync: Tensor.{__name} on the per-step path")
+                return __original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, guarded)
+
+    @contextmanager
+    def on(self, active=True):
+        previous, self.active = self.active, active
+        try:
+            yield
+        finally:
+            self.active = previous
+
+
+def test_per_step_path_never_moves_a_value_to_the_host(monkeypatch):
+    guard = SyncGuard(monkeypatch)
+    cb = LipschitzLR(rule="adam", loss="softmax_ce")
+
+    def wrap(method, active=True):
+        def wrapped(*args, **kwargs):
+            with guard.on(active):
+                return method(*args, **kwargs)
+        return wrapped
+
+    for name in ("_record_input", "on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end"):
+        setattr(cb, name, wrap(getattr(cb, name)))
+    finish = cb._finish_epoch
+    finished = []
+
+    def finish_epoch(*args):  # the once-per-epoch computation may sync
+        finished.append(True)
+        with guard.on(False):
+            return finish(*args)
+
+    cb._finish_epoch = finish_epoch
+    module = toy("adam")
+    trainer([cb], max_epochs=2).fit(module, datamodule=ToyDataModule(make_data(), 16))
+    assert len(finished) == 2
+
+
+# --------------------------------------------------------------------------- resume
+
+def test_resume_reproduces_the_rates_of_an_uninterrupted_run(tmp_path):
+    data = ToyDataModule(make_data(), 16)
+    full = RateRecorder()
+    trainer([LipschitzLR(rule="adamo"), full], max_epochs=4).fit(toy("adamo"), datamodule=data)
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer([LipschitzLR(rule="adamo"), ckpt], max_epochs=2, enable_checkpointing=True).fit(
+        toy("adamo"), datamodule=data)
+    resumed = RateRecorder()
+    cb = LipschitzLR(rule="adamo")
+    trainer([cb, resumed, ModelCheckpoint(dirpath=tmp_path / "b")], max_epochs=4, enable_checkpointing=True).fit(
+        toy("adamo", seed=99), datamodule=data, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert len(resumed.rates) == 2
+    assert resumed.rates == pytest.approx(full.rates[2:], rel=1e-6)
+    assert cb.state.t == 4
+
+
+# --------------------------------------------------------------------------- DDP (gloo, CPU)
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path):
+    data = make_data(n=64)
+    runs = {}
+    for name, devices, batch in (("single", 1, 16), ("ddp", 2, 8)):
+        out = tmp_path / name
+        out.mkdir()
+        strategy = "ddp_spawn" if devices > 1 else "auto"
+        trainer([LipschitzLR(rule="sgd", loss="softmax_ce"), RateRecorder(str(out))], max_epochs=3,
+                devices=devices, strategy=strategy, use_distributed_sampler=False).fit(toy("sgd"), datamodule=ToyDataModule(data, batch))
+        runs[name] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(devices)]
+    single, ranks = runs["single"][0], runs["ddp"]
+    assert ranks[0]["rates"] == ranks[1]["rates"]  # every rank holds the same rate
+    for r in ranks:
+        for a, b in zip(r["stats"], single["stats"]):
+            assert a["m"] == b["m"] == 16
+            assert a["K_z"] == pytest.approx(b["K_z"], rel=1e-5)
+            assert a["L"] == pytest.approx(b["L"], rel=1e-5)
+        assert r["rates"] == pytest.approx(single["rates"], rel=1e-5)
+
+
+# --------------------------------------------------------------------------- clear errors
+
+class NoLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 1)
+
+    def forward(self, x):
+        return self.conv(x.unsqueeze(1)).mean(-1).expand(-1, 3)
+
+
+@pytest.mark.parametrize(
+    "net, callback, optimizer, match",
+    [
+        (NoLinear(), LipschitzLR(), OPTIMIZERS["sgd"], "no nn.Linear"),
+        (ToyNet(), LipschitzLR(head="classifier"), OPTIMIZERS["sgd"], "does not exist"),
+        (ToyNet(), LipschitzLR(head="net.body"), OPTIMIZERS["sgd"], "not an nn.Linear"),
+        (ToyNet(k=1), LipschitzLR(loss="softmax_ce"), OPTIMIZERS["sgd"], "k >= 2"),
+        (ToyNet(), LipschitzLR(rule="adamo"), OPTIMIZERS["sgd"], "SGD with momentum"),
+        (ToyNet(), LipschitzLR(rule="sgd"), OPTIMIZERS["adamo"], "without momentum"),
+        (ToyNet(), LipschitzLR(rule="adam"), OPTIMIZERS["sgd"], "Adam or torch.optim.AdamW"),
+        (ToyNet(), LipschitzLR(rule="rmsprop"), OPTIMIZERS["adam"], "RMSprop"),
+    ],
+)
+def test_bad_setups_fail_before_training(net, callback, optimizer, match):
+    module = ToyModule(net, optimizer)
+    steps = []
+
+    class Count(pl.Callback):
+        def on_train_batch_start(self, *args):
+            steps.append(1)
+
+    with pytest.raises(ValueError, match=match):
+        trainer([callback, Count()], max_epochs=1).fit(module, datamodule=ToyDataModule(make_data(), 16))
+    assert not steps
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rule": "nesterov"}, "unknown rule"),
+        ({"loss": "hinge"}, "unknown loss"),
+        ({"source": "disk"}, "unknown source"),
+        ({"first_epoch_lr": -1.0}, "first_epoch_lr"),
+        ({"first_epoch_lr": "fast"}, "first_epoch_lr"),
+        ({"betas": (0.9, 1.5)}, "betas"),
+        ({"max_lr": 0}, "max_lr"),
+        ({"max_growth": -2}, "max_growth"),
+        ({"decay": -1}, "decay"),
+        ({"probe_batches": 0}, "probe_batches"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LipschitzLR(**kwargs)
