@@ -1,0 +1,189 @@
+"""Benchmark: what does the LipschitzLR callback cost per training step?
+
+Trains ResNet20 on random CIFAR-shaped data (batch 128 by default) three ways, interleaved
+round by round with the same seed: without the callback (plain SGD at a fixed rate), with the
+callback in hook mode (the default), and with the callback in probe mode (the reference code's
+extra pass over the un-augmented training data each epoch). It prints:
+
+* the median per-step time of each mode and its ratio to the run without the callback
+  (steps timed from one ``on_train_batch_start`` to the next, so the callback's per-step hooks are
+  inside the timed interval; the first steps of each run are warm-up and skipped),
+* the whole-epoch time ratio (this includes the once-per-epoch reduction and, for probe mode, the
+  extra pass),
+* the memory the callback holds: the bytes of its per-step statistics at the end of an epoch,
+  and, on CUDA, the difference in peak allocated memory.
+
+Usage::
+
+    python scripts/bench_callback_overhead.py                 # CPU, 12 steps per run, 3 rounds
+    python scripts/bench_callback_overhead.py --device cuda --steps 100 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+import warnings
+from typing import Dict, List
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lipschitz_lightning import LipschitzLR
+from lipschitz_lightning.models import CifarResNet
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = CifarResNet((3, 32, 32), 10, depth=20)
+        self.criterion = nn.CrossEntropyLoss()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.criterion(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, weight_decay=1e-3)
+
+
+class Data(pl.LightningDataModule):
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.dataset = TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+    def probe_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, drop_last=True)
+
+
+class StepTimer(pl.Callback):
+    """Times consecutive step starts; must come first in the callback list."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.starts: List[float] = []
+        self.epoch_time = 0.0
+        self.peak = 0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.epoch_start = self._now()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.starts.append(self._now())
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        end = self._now()
+        self.starts.append(end)
+        self.epoch_time = end - self.epoch_start
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated()
+
+
+class HeldBytes(pl.Callback):
+    """Reads the callback's per-step statistics just before it reduces them."""
+
+    def __init__(self, lipschitz: LipschitzLR) -> None:
+        self.lipschitz = lipschitz
+        self.bytes = 0
+        finish = lipschitz._finish_epoch
+
+        def measured(*args):
+            held = list(lipschitz._steps) + ([lipschitz._grad_max] if lipschitz._grad_max is not None else [])
+            self.bytes = sum(t.numel() * t.element_size() for t in held)
+            return finish(*args)
+
+        lipschitz._finish_epoch = measured
+
+
+def run(mode: str, args: argparse.Namespace, device: torch.device) -> Dict[str, float]:
+    timer = StepTimer(device)
+    callbacks: List[pl.Callback] = [timer]
+    held = None
+    if mode != "none":
+        lipschitz = LipschitzLR(rule="sgd", loss="softmax_ce", first_epoch_lr=0.01, source=mode)
+        held = HeldBytes(lipschitz)
+        callbacks += [lipschitz, held]
+    trainer = pl.Trainer(
+        accelerator=device.type, devices=1, max_epochs=1, limit_train_batches=args.steps, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=callbacks, num_sanity_val_steps=0,
+    )
+    data = Data(args.steps * args.batch_size, args.batch_size, args.seed)
+    trainer.fit(Classifier(args.seed), datamodule=data)
+    steps = [b - a for a, b in zip(timer.starts[:-1], timer.starts[1:])]
+    timed = steps[args.warmup:-1]  # the last interval holds the epoch-end work
+    return {
+        "step": statistics.median(timed),
+        "epoch": timer.epoch_time,
+        "held_bytes": float(held.bytes) if held else 0.0,
+        "peak": float(timer.peak),
+    }
+
+
+def main() -> None:
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="pytorch_lightning")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--steps", type=int, default=12, help="training steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="steps skipped at the start of each run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three modes")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.steps <= args.warmup + 1:
+        parser.error("--steps must exceed --warmup + 1")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
+
+    modes = ["none", "hooks", "probe"]
+    results: Dict[str, List[Dict[str, float]]] = {m: [] for m in modes}
+    for r in range(args.rounds):
+        for mode in modes:
+            results[mode].append(run(mode, args, device))
+            print(f"round {r + 1}/{args.rounds} {mode:>5}: median step {results[mode][-1]['step'] * 1e3:8.1f} ms,"
+                  f" epoch {results[mode][-1]['epoch']:7.2f} s", flush=True)
+
+    def median(mode: str, key: str) -> float:
+        return statistics.median(x[key] for x in results[mode])
+
+    print(f"\nResNet20, batch {args.batch_size}, {args.steps} steps/run, {args.rounds} interleaved rounds, "
+          f"device {device.type}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'mode':>6} {'step ms':>9} {'step ratio':>11} {'epoch s':>9} {'epoch ratio':>12} {'held bytes':>11}")
+    base_step, base_epoch = median("none", "step"), median("none", "epoch")
+    for mode in modes:
+        step, epoch = median(mode, "step"), median(mode, "epoch")
+        print(f"{mode:>6} {step * 1e3:9.1f} {step / base_step:11.4f} {epoch:9.2f} {epoch / base_epoch:12.4f}"
+              f" {median(mode, 'held_bytes'):11.0f}")
+    # per-round paired ratios show the spread
+    for mode in ("hooks", "probe"):
+        ratios = [a["step"] / b["step"] for a, b in zip(results[mode], results["none"])]
+        print(f"per-round step ratio {mode}: " + ", ".join(f"{x:.4f}" for x in ratios))
+    if device.type == "cuda":
+        print(f"peak allocated: none {median('none', 'peak') / 2**20:.1f} MiB, hooks "
+              f"{median('hooks', 'peak') / 2**20:.1f} MiB, probe {median('probe', 'peak') / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
