@@ -1,0 +1,161 @@
+"""``SupervisedModule``: one LightningModule for every (network, loss) pair of the project.
+
+It knows nothing of Lipschitz constants: the ``LipschitzLR`` callback finds the network's head
+``nn.Linear`` itself and writes the learning rate into the optimizer this module creates.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric, MinMetric
+from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
+
+__all__ = ["CRITERIA", "SupervisedModule"]
+
+# Loss name (the datamodule's ``loss``) -> criterion. The names are the ones LipschitzLR's bounds
+# are derived for. ``mse`` is PyTorch's plain mean squared error, (1/m) sum (a - y)^2: the paper's
+# least-squares bound (eq. 7-9) is derived for (1/2m) sum (a - y)^2, whose gradient is half as
+# large, so with ``mse`` the rate 1/L is conservative by that factor of 2 in the paper's terms and
+# ``lipschitz/grad_max_over_L`` may read up to 2 while the paper's bound holds.
+CRITERIA: Dict[str, Callable[[], nn.Module]] = {
+    "softmax_ce": nn.CrossEntropyLoss,
+    "bce": nn.BCEWithLogitsLoss,
+    "mse": nn.MSELoss,
+}
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+class SupervisedModule(pl.LightningModule):
+    """Train ``net`` on ``(inputs, targets)`` batches with the loss the datamodule names.
+
+    Logged (per epoch; ``prog_bar`` marks what the progress bar shows):
+    ``train/loss``, ``val/loss`` (bar), ``test/loss``; for the classification losses also
+    ``train/acc`` (bar), ``val/acc`` (bar), ``test/acc`` and ``val/acc_best`` (best epoch so far:
+    the paper's "validation accuracy", spec section 6); for ``mse`` ``val/loss_best`` instead.
+
+    Optimizers with ``train()``/``eval()`` methods (schedule-free SGD) are switched to train mode
+    before every training step and to eval mode before validation, testing, checkpointing and at
+    the end of fit, so evaluation and checkpoints see the averaged weights. This is duck typing:
+    ``torch.optim`` optimizers have no such methods and are left alone.
+
+    Args:
+        net: the network; outputs raw scores of shape ``(batch, num_outputs)``.
+        optimizer: a factory called as ``optimizer(params=...)`` (a Hydra ``_partial_`` config).
+        loss: ``"softmax_ce"`` (integer class targets), ``"bce"`` (0/1 targets, one output) or
+            ``"mse"`` (real targets).
+        num_outputs: the head's size (number of classes for ``softmax_ce``).
+
+    Raises:
+        ValueError: an unknown ``loss``, or ``num_outputs`` that does not fit it.
+    """
+
+    def __init__(self, net: nn.Module, optimizer: OptimizerFactory, loss: str, num_outputs: int) -> None:
+        super().__init__()
+        if loss not in CRITERIA:
+            raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(CRITERIA)}")
+        if loss == "softmax_ce" and num_outputs < 2:
+            raise ValueError(f"loss 'softmax_ce' needs num_outputs >= 2; got {num_outputs}")
+        if loss == "bce" and num_outputs != 1:
+            raise ValueError(f"loss 'bce' needs one output (a logit); got num_outputs={num_outputs}")
+        # The network is saved in the checkpoint's state_dict, not as a hyperparameter.
+        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.net = net
+        self.criterion = CRITERIA[loss]()
+        self.classify = loss != "mse"
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        if self.classify:
+            make_acc = (lambda: BinaryAccuracy()) if loss == "bce" else (lambda: MulticlassAccuracy(num_outputs, average="micro"))
+            self.train_acc, self.val_acc, self.test_acc = make_acc(), make_acc(), make_acc()
+            self.val_best = MaxMetric()
+        else:
+            self.val_best = MinMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # ---------------------------------------------------------------- steps
+
+    def _step(self, batch: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (loss, predictions for the accuracy metric, targets for it)."""
+        x, y = batch[0], batch[1]
+        out = self(x)
+        loss_name = self.hparams.loss
+        if loss_name == "softmax_ce":
+            return self.criterion(out, y.long()), out, y.long()
+        if loss_name == "bce":
+            logits = out.reshape(-1)
+            target = y.reshape(-1).to(logits.dtype)
+            return self.criterion(logits, target), torch.sigmoid(logits), target.long()
+        target = y.to(out.dtype).reshape(out.shape)
+        return self.criterion(out, target), out, target
+
+    def _update(self, stage: str, batch: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+        loss, preds, targets = self._step(batch)
+        mean_loss = getattr(self, f"{stage}_loss")
+        mean_loss(loss.detach())
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage != "test")
+        if self.classify:
+            acc = getattr(self, f"{stage}_acc")
+            acc(preds.detach(), targets)
+            self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "test")
+        return loss
+
+    def training_step(self, batch: Tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return self._update("train", batch)
+
+    def validation_step(self, batch: Tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._update("val", batch)
+
+    def test_step(self, batch: Tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._update("test", batch)
+
+    def on_train_start(self) -> None:
+        # The sanity check must not count towards the best epoch.
+        self.val_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        metric = self.val_acc if self.classify else self.val_loss
+        self.val_best(metric.compute())
+        name = "val/acc_best" if self.classify else "val/loss_best"
+        self.log(name, self.val_best.compute(), sync_dist=True, prog_bar=False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # The learning rate in the optimizer's config is only a start value: LipschitzLR
+        # overwrites it before the first step when it is in use.
+        return self.hparams.optimizer(params=self.parameters())
+
+    # ---------------------------------------------------------------- train/eval optimizers
+
+    def _optimizers_to(self, mode: str) -> None:
+        trainer = self._trainer
+        if trainer is None:
+            return
+        for optimizer in trainer.optimizers:
+            switch = getattr(optimizer, mode, None)
+            if callable(switch):
+                switch()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._optimizers_to("train")  # a no-op when already in train mode
+
+    def on_train_epoch_end(self) -> None:
+        self._optimizers_to("eval")  # before the end-of-epoch checkpoint
+
+    def on_validation_epoch_start(self) -> None:
+        self._optimizers_to("eval")
+
+    def on_test_epoch_start(self) -> None:
+        self._optimizers_to("eval")
+
+    def on_predict_epoch_start(self) -> None:
+        self._optimizers_to("eval")
+
+    def on_fit_end(self) -> None:
+        self._optimizers_to("eval")
