@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import hydra
 import pytorch_lightning as pl
@@ -46,13 +47,11 @@ class ConfigError(ValueError):
     """A configuration that cannot train, found before training starts (one-line message)."""
 
 
-def _dataset_not_found_error() -> type:
-    """The datamodules' missing-data exception (a never-raised stand-in if it is not there)."""
-    try:
-        from lipschitz_lightning.data import DatasetNotFoundError
-    except ImportError:  # pragma: no cover - the data package defines it
-        return type("DatasetNotFoundError", (Exception,), {})
-    return DatasetNotFoundError
+def _data_errors() -> Tuple[type, ...]:
+    """The datamodules' missing-data and corrupt-file exceptions (their messages are one line)."""
+    from lipschitz_lightning.data import DatasetCorruptError, DatasetNotFoundError
+
+    return DatasetNotFoundError, DatasetCorruptError
 
 
 # --------------------------------------------------------------------------- config helpers
@@ -83,7 +82,7 @@ def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
         return hydra.utils.instantiate(node, _convert_="all", **kwargs)
     except hydra.errors.InstantiationException as exc:
         cause = _root_cause(exc)
-        if isinstance(cause, _dataset_not_found_error()):
+        if isinstance(cause, _data_errors()):
             raise cause from None
         if isinstance(cause, (ValueError, TypeError)):
             raise ConfigError(f"{what}: {cause}") from exc
@@ -205,6 +204,7 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     Raises:
         ConfigError: a configuration that cannot train, found before training starts.
         DatasetNotFoundError: the dataset's files are missing (the message says where to put them).
+        DatasetCorruptError: a dataset file fails its checksum (the message names it).
     """
     _check_positive(cfg)
     if cfg.get("seed") is not None:
@@ -217,6 +217,11 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     optimizer = _instantiate(cfg.optim.optimizer, f"optim={_choice(cfg, 'optim')}")
     lipschitz = _build_lipschitz(cfg, datamodule, net, optimizer)
     module = SupervisedModule(net=net, optimizer=optimizer, loss=datamodule.loss, num_outputs=datamodule.num_outputs)
+
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        # Missing data fails here, before any trainer state (or on-exception checkpoint) exists.
+        # One process per machine, as Lightning does; DDP processes launched later find the files.
+        datamodule.prepare_data()
 
     callbacks = _build_callbacks(cfg)
     if lipschitz is not None:
@@ -232,7 +237,7 @@ def train(cfg: DictConfig) -> Dict[str, float]:
             # on-exception checkpoint if there is one": say nothing when there is none (a new run).
             warnings.filterwarnings("ignore", message=r".*\.fit\(ckpt_path=None\)` was called without a model")
             warnings.filterwarnings("ignore", message=r'.*\.fit\(ckpt_path="last"\) is set, but there is no last')
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(_as_floats(trainer.callback_metrics))
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
@@ -241,7 +246,7 @@ def train(cfg: DictConfig) -> Dict[str, float]:
             ckpt_path = cfg.get("ckpt_path")
         if ckpt_path is None:
             log.info("testing the current weights (no best checkpoint)")
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update(_as_floats(trainer.callback_metrics))
     metrics = {k: v for k, v in metrics.items() if math.isfinite(v) or k.startswith("lipschitz/")}
     _report(metrics, trainer)
@@ -268,7 +273,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     """Hydra entry point: run :func:`train`, print a bad configuration as one line (exit 2)."""
     try:
         metrics = train(cfg)
-    except (ConfigError, _dataset_not_found_error()) as exc:
+    except (ConfigError, *_data_errors()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     name = cfg.get("optimized_metric")

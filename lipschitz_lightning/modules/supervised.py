@@ -62,9 +62,13 @@ class SupervisedModule(pl.LightningModule):
             raise ValueError(f"loss 'softmax_ce' needs num_outputs >= 2; got {num_outputs}")
         if loss == "bce" and num_outputs != 1:
             raise ValueError(f"loss 'bce' needs one output (a logit); got num_outputs={num_outputs}")
-        # The network is saved in the checkpoint's state_dict, not as a hyperparameter.
-        self.save_hyperparameters(ignore=["net"], logger=False)
+        # The network is saved in the checkpoint's state_dict, not as a hyperparameter. The
+        # optimizer factory (a Hydra partial) is kept as an attribute, not a hyperparameter, so
+        # that checkpoints hold only plain values and load with torch.load(weights_only=True);
+        # train() logs the whole config to the loggers instead.
+        self.save_hyperparameters(ignore=["net", "optimizer"], logger=False)
         self.net = net
+        self.optimizer_factory = optimizer
         self.criterion = CRITERIA[loss]()
         self.classify = loss != "mse"
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
@@ -129,7 +133,7 @@ class SupervisedModule(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # The learning rate in the optimizer's config is only a start value: LipschitzLR
         # overwrites it before the first step when it is in use.
-        return self.hparams.optimizer(params=self.parameters())
+        return self.optimizer_factory(params=self.parameters())
 
     # ---------------------------------------------------------------- train/eval optimizers
 
