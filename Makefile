@@ -1,7 +1,9 @@
-# The two commands the README opens with.
+# The two commands the README opens with: `make quickstart` and `make test`.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Re-installs only when pyproject.toml changes (the package itself is installed editable).
+STAMP := $(VENV)/.installed
 
 .PHONY: install quickstart test bench
 
@@ -9,12 +11,17 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-install: $(BIN)/python
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
 
+install: $(STAMP)
+
+# Trains a small MLP on scikit-learn's digits on the CPU (about a minute; no download).
 quickstart: install
 	$(BIN)/python -m lipschitz_lightning.train experiment=quickstart
 
+# The whole suite, slow tests included (CI runs exactly this through .ci/run).
 test: install
 	$(BIN)/python -m pytest -q -ra
