@@ -103,7 +103,10 @@ def _build_net(cfg: DictConfig, datamodule: pl.LightningDataModule) -> torch.nn.
     model_name, dataset_name = _choice(cfg, "model"), _choice(cfg, "dataset")
     where = f"model {model_name!r} on dataset {dataset_name!r}"
     target = cfg.model.get("_target_")
-    cls = hydra.utils.get_class(target) if target else None
+    try:
+        cls = hydra.utils.get_class(target) if target else None
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"model {model_name!r}: cannot import {target!r}") from exc
     supported = getattr(cls, "supported_losses", None)
     if supported is not None and datamodule.loss not in supported:
         raise ConfigError(
