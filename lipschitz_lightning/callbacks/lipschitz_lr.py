@@ -590,7 +590,8 @@ class LipschitzLR(pl.Callback):
             metrics["lipschitz/grad_max_over_L"] = stats["grad_max"] / epoch_stats.L
         self.last_stats = dict(stats, **{k.split("/")[1]: v for k, v in metrics.items()})
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*on_epoch=True.*")
+            # The values are identical on every rank: no need for Lightning's sync_dist advice.
+            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
             pl_module.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
 
     def _write_lr(self, trainer: pl.Trainer, lr: float) -> None:

@@ -165,6 +165,19 @@ class BaseDataModule(pl.LightningDataModule):
         # Own generator: the shuffle order depends on `seed` only, and advances epoch to epoch.
         self._shuffle_generator = torch.Generator().manual_seed(self.seed)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.Generator does not pickle, and ddp_spawn pickles the datamodule into each process;
+        # plain bytes rather than a tensor, which spawn would try to pass through shared memory.
+        state = self.__dict__.copy()
+        state["_shuffle_generator"] = self._shuffle_generator.get_state().numpy().tobytes()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        generator_state = state.pop("_shuffle_generator")
+        self.__dict__.update(state)
+        self._shuffle_generator = torch.Generator()
+        self._shuffle_generator.set_state(torch.frombuffer(bytearray(generator_state), dtype=torch.uint8))
+
     def _loader(self, dataset: Dataset | None, split: str, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the {split} dataloader")
