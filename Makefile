@@ -25,3 +25,7 @@ quickstart: install
 # The whole suite, slow tests included (CI runs exactly this through .ci/run).
 test: install
 	$(BIN)/python -m pytest -q -ra
+
+# Per-step cost of the LipschitzLR callback (ResNet20, random CIFAR-shaped data), printed as ratios.
+bench: install
+	$(BIN)/python scripts/bench_callback_overhead.py

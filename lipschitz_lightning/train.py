@@ -35,7 +35,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from lipschitz_lightning.callbacks import LipschitzLR, check_optimizer, find_head
+from lipschitz_lightning.callbacks import LipschitzLR, LipschitzLRError, check_optimizer, find_head
 from lipschitz_lightning.modules import SupervisedModule
 
 __all__ = ["ConfigError", "main", "train"]
@@ -208,6 +208,7 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         ConfigError: a configuration that cannot train, found before training starts.
         DatasetNotFoundError: the dataset's files are missing (the message says where to put them).
         DatasetCorruptError: a dataset file fails its checksum (the message names it).
+        LipschitzLRError: LipschitzLR has no usable first rate (raised before the first step).
     """
     _check_positive(cfg)
     if cfg.get("seed") is not None:
@@ -276,7 +277,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     """Hydra entry point: run :func:`train`, print a bad configuration as one line (exit 2)."""
     try:
         metrics = train(cfg)
-    except (ConfigError, *_data_errors()) as exc:
+    except (ConfigError, LipschitzLRError, *_data_errors()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     name = cfg.get("optimized_metric")

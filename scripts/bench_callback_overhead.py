@@ -99,30 +99,69 @@ class StepTimer(pl.Callback):
             self.peak = torch.cuda.max_memory_allocated()
 
 
-class HeldBytes(pl.Callback):
-    """Reads the callback's per-step statistics just before it reduces them."""
+class CallbackClock:
+    """Times the callback's own code in a real run: its per-step methods and its epoch-end work.
 
-    def __init__(self, lipschitz: LipschitzLR) -> None:
-        self.lipschitz = lipschitz
+    Wall-clock A/B comparisons on a shared machine swing by several percent from run to run; the
+    time spent inside the callback is measured directly, so its share of a step is exact.
+    Also reads the bytes of per-step statistics the callback holds just before it reduces them.
+    """
+
+    PER_STEP = ("_record_input", "on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end")
+
+    def __init__(self, lipschitz: LipschitzLR, device: torch.device) -> None:
+        self.device = device
+        self.per_step = 0.0
+        self.epoch_end = 0.0
         self.bytes = 0
+        self._depth = 0
+        for name in self.PER_STEP:
+            setattr(lipschitz, name, self._timed(getattr(lipschitz, name), "per_step"))
         finish = lipschitz._finish_epoch
 
-        def measured(*args):
+        def finish_epoch(*args):
             held = list(lipschitz._steps) + ([lipschitz._grad_max] if lipschitz._grad_max is not None else [])
             self.bytes = sum(t.numel() * t.element_size() for t in held)
             return finish(*args)
 
-        lipschitz._finish_epoch = measured
+        lipschitz._finish_epoch = self._timed(finish_epoch, "epoch_end")
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _timed(self, method, bucket: str):
+        """Adds the method's time to ``bucket``; epoch-end work nested in a per-step method
+        (``on_train_batch_end`` of the last batch) is counted as epoch end only."""
+
+        def timed(*args, **kwargs):
+            self._sync()
+            start = time.perf_counter()
+            nested_before = self._nested
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._sync()
+                elapsed = time.perf_counter() - start
+                if bucket == "epoch_end":
+                    self.epoch_end += elapsed
+                    self._nested += elapsed
+                else:
+                    self.per_step += elapsed - (self._nested - nested_before)
+
+        return timed
+
+    _nested = 0.0
 
 
 def run(mode: str, args: argparse.Namespace, device: torch.device) -> Dict[str, float]:
     timer = StepTimer(device)
     callbacks: List[pl.Callback] = [timer]
-    held = None
+    clock = None
     if mode != "none":
         lipschitz = LipschitzLR(rule="sgd", loss="softmax_ce", first_epoch_lr=0.01, source=mode)
-        held = HeldBytes(lipschitz)
-        callbacks += [lipschitz, held]
+        clock = CallbackClock(lipschitz, device)
+        callbacks.append(lipschitz)
     trainer = pl.Trainer(
         accelerator=device.type, devices=1, max_epochs=1, limit_train_batches=args.steps, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -132,10 +171,13 @@ def run(mode: str, args: argparse.Namespace, device: torch.device) -> Dict[str, 
     trainer.fit(Classifier(args.seed), datamodule=data)
     steps = [b - a for a, b in zip(timer.starts[:-1], timer.starts[1:])]
     timed = steps[args.warmup:-1]  # the last interval holds the epoch-end work
+    n_steps = len(steps)
     return {
         "step": statistics.median(timed),
         "epoch": timer.epoch_time,
-        "held_bytes": float(held.bytes) if held else 0.0,
+        "held_bytes": float(clock.bytes) if clock else 0.0,
+        "inside_per_step": clock.per_step / n_steps if clock else 0.0,
+        "epoch_end": clock.epoch_end if clock else 0.0,
         "peak": float(timer.peak),
     }
 
@@ -160,7 +202,8 @@ def main() -> None:
     modes = ["none", "hooks", "probe"]
     results: Dict[str, List[Dict[str, float]]] = {m: [] for m in modes}
     for r in range(args.rounds):
-        for mode in modes:
+        # alternate the order round by round so that a slow drift of the machine cancels out
+        for mode in modes if r % 2 == 0 else modes[::-1]:
             results[mode].append(run(mode, args, device))
             print(f"round {r + 1}/{args.rounds} {mode:>5}: median step {results[mode][-1]['step'] * 1e3:8.1f} ms,"
                   f" epoch {results[mode][-1]['epoch']:7.2f} s", flush=True)
@@ -170,12 +213,19 @@ def main() -> None:
 
     print(f"\nResNet20, batch {args.batch_size}, {args.steps} steps/run, {args.rounds} interleaved rounds, "
           f"device {device.type}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("wall clock, median over rounds:")
     print(f"{'mode':>6} {'step ms':>9} {'step ratio':>11} {'epoch s':>9} {'epoch ratio':>12} {'held bytes':>11}")
     base_step, base_epoch = median("none", "step"), median("none", "epoch")
     for mode in modes:
         step, epoch = median(mode, "step"), median(mode, "epoch")
         print(f"{mode:>6} {step * 1e3:9.1f} {step / base_step:11.4f} {epoch:9.2f} {epoch / base_epoch:12.4f}"
               f" {median(mode, 'held_bytes'):11.0f}")
+    print("time inside the callback (measured directly):")
+    for mode in ("hooks", "probe"):
+        inside = median(mode, "inside_per_step")
+        end = median(mode, "epoch_end")
+        print(f"{mode:>6}: {inside * 1e6:8.1f} us per step = {inside / base_step * 100:.3f}% of a step without it;"
+              f" epoch end {end * 1e3:8.1f} ms = {end / (base_step * args.steps) * 100:.2f}% of a {args.steps}-step epoch")
     # per-round paired ratios show the spread
     for mode in ("hooks", "probe"):
         ratios = [a["step"] / b["step"] for a, b in zip(results[mode], results["none"])]

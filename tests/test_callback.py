@@ -13,6 +13,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 from lipschitz_lightning import LipschitzLR
+from lipschitz_lightning.callbacks import LipschitzLRError
 from tests.lipschitz_toys import (
     OPTIMIZERS,
     RateRecorder,
@@ -182,6 +183,17 @@ def test_bce_and_mse_losses(loss):
         assert cb.lr == pytest.approx(1 / L, rel=1e-5)
     else:  # the least-squares form goes negative while outputs are smaller than targets
         assert cb.lr == 0.01 and cb.last_stats["bound_invalid"] == 1.0
+
+
+def test_mse_probe_with_a_negative_bound_fails_before_training():
+    torch.manual_seed(0)
+    module = ToyModule(ToyNet(k=1), OPTIMIZERS["sgd"], loss="mse")
+    data = make_data(n=32, loss="mse")
+    data.tensors[1].mul_(100)  # targets far larger than the untrained outputs: K_a < |y|
+    rates = RateRecorder()
+    with pytest.raises(LipschitzLRError, match="least-squares bound .* is negative"):
+        trainer([LipschitzLR(rule="sgd", loss="mse"), rates], max_epochs=1).fit(module, datamodule=ToyDataModule(data, 16))
+    assert not rates.rates
 
 
 def test_gradient_accumulation_counts_the_effective_batch():

@@ -242,3 +242,14 @@ def test_cli_missing_data(tmp_path: Path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: CIFAR-10 not found in") and "cifar-10-batches-bin" in last
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_cli_regression_without_first_epoch_rate_says_what_to_set(tmp_path: Path):
+    """The least-squares bound is negative on untrained weights: one line naming lr.first_epoch."""
+    result = run_cli(["dataset=diabetes", "model=linear_regression", "optim=sgd", "trainer=cpu", "trainer.max_epochs=1",
+                      f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: LipschitzLR: the first-epoch probe") and "lr.first_epoch" in last, last
+    assert "Traceback" not in result.stdout + result.stderr

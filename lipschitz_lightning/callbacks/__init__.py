@@ -1,5 +1,5 @@
 """Lightning callbacks: ``LipschitzLR`` gathers statistics and schedules the learning rate."""
 
-from lipschitz_lightning.callbacks.lipschitz_lr import LipschitzLR, check_optimizer, find_head
+from lipschitz_lightning.callbacks.lipschitz_lr import LipschitzLR, LipschitzLRError, check_optimizer, find_head
 
-__all__ = ["LipschitzLR", "check_optimizer", "find_head"]
+__all__ = ["LipschitzLR", "LipschitzLRError", "check_optimizer", "find_head"]

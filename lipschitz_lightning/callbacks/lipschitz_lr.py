@@ -60,7 +60,12 @@ from lipschitz_lightning.math.rules import (
     time_decay,
 )
 
-__all__ = ["LipschitzLR", "check_optimizer", "find_head"]
+__all__ = ["LipschitzLR", "LipschitzLRError", "check_optimizer", "find_head"]
+
+
+class LipschitzLRError(ValueError):
+    """LipschitzLR cannot produce a first rate (e.g. the probe's bound is not positive); raised
+    before the first training step, with a message that says what to set."""
 
 LOSSES = ("softmax_ce", "bce", "mse")
 SOURCES = ("hooks", "probe")
@@ -362,7 +367,7 @@ class LipschitzLR(pl.Callback):
         if self.loss != "mse":
             return
         if not isinstance(batch, (list, tuple)) or len(batch) < 2 or not torch.is_tensor(batch[1]):
-            raise ValueError("LipschitzLR(loss='mse') needs batches of the form (inputs, targets, ...)")
+            raise LipschitzLRError("LipschitzLR(loss='mse') needs batches of the form (inputs, targets, ...)")
         self._add(_Y2, batch[1].detach().float().square().sum())
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -390,8 +395,8 @@ class LipschitzLR(pl.Callback):
             return
         grad = weight.grad.detach()
         if self._lambda:
-            grad = grad + self._lambda * weight.detach()
-        g = grad.abs().max().float()
+            grad = torch.add(grad, weight.detach(), alpha=self._lambda)
+        g = torch.linalg.vector_norm(grad, ord=math.inf, dtype=torch.float32)  # max |entry|
         self._grad_max = g if self._grad_max is None else torch.maximum(self._grad_max, g)
 
     def on_train_batch_end(
@@ -424,10 +429,16 @@ class LipschitzLR(pl.Callback):
             probe_stats = self._epoch_stats(stats)
             first_update = RuleHyper(betas=self._hyper.betas, eps=self.eps, bias_correction=True)
             lr, _ = next_rate(self.rule, RuleState(), probe_stats, first_update)
-            if not bounds.is_valid_bound(lr):
-                raise ValueError(
-                    f"LipschitzLR: the first-epoch probe gave no usable rate ({lr}; statistics {stats}); "
-                    f"pass first_epoch_lr=<a positive number>"
+            if not (bounds.is_valid_bound(lr) and bounds.is_valid_bound(probe_stats.L)):
+                detail = (
+                    f"the least-squares bound (K_a - |y|) K_z / m is negative while the outputs "
+                    f"(K_a={stats['K_a']:.4g}) are smaller than the targets (|y|={stats['y_norm']:.4g})"
+                    if self.loss == "mse" else f"L={probe_stats.L:.4g}, K_z={stats['K_z']:.4g}"
+                )
+                raise LipschitzLRError(
+                    f"LipschitzLR: the first-epoch probe of the initial weights gave no usable rate ({detail}); "
+                    f"give the first epoch a rate: first_epoch_lr=<a positive number> (lr.first_epoch=... "
+                    f"on the command line)"
                 )
             # AdaMo's K is seeded with the Lipschitz constant whose inverse is the first rate.
             self.state = RuleState(K1=probe_stats.L) if self.rule == "adamo" else RuleState()
@@ -461,7 +472,7 @@ class LipschitzLR(pl.Callback):
             max_batches = self.probe_batches
             sharded = False
         if loader is None:
-            raise ValueError("LipschitzLR: no training data to probe; pass first_epoch_lr=<number>")
+            raise LipschitzLRError("LipschitzLR: no training data to probe; pass first_epoch_lr=<number>")
         was_training = pl_module.training
         buffers = {name: b.detach().clone() for name, b in pl_module.named_buffers()} if initial else {}
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
@@ -490,7 +501,7 @@ class LipschitzLR(pl.Callback):
                     if name in buffers:
                         b.copy_(buffers[name])
         if n_local == 0:
-            raise ValueError("LipschitzLR: the probe saw no batches; pass first_epoch_lr=<number>")
+            raise LipschitzLRError("LipschitzLR: the probe saw no batches; pass first_epoch_lr=<number>")
         if not sharded:
             # Keep only whole steps so that every rank contributes the same number of entries.
             n_total = len(loader) if max_batches is None else min(len(loader), max_batches * world)
