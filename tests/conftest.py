@@ -63,7 +63,6 @@ def tiny_trainer(epochs: int = 1, batches: int = 2, logger: bool = False) -> Lis
         "+trainer.num_sanity_val_steps=0",
         "+trainer.enable_model_summary=false",
         "trainer.enable_progress_bar=false",
-        "~callbacks.progress_bar",
     ] + ([] if logger else ["~logger"])
 
 

@@ -110,7 +110,7 @@ def test_mission_command_writes_lr_every_epoch(tmp_path: Path):
         ["model=densenet40", "optim=adamo"]
         + tiny_data("image")
         + ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
-           "+trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "~callbacks.progress_bar",
+           "+trainer.limit_test_batches=1", "trainer.enable_progress_bar=false",
            f"hydra.run.dir={run_dir}"],
         cwd=tmp_path,
     )
@@ -159,7 +159,7 @@ def test_ddp_sim_two_cpu_processes(tmp_path: Path):
     result = run_cli(
         ["trainer=ddp_sim", "model=mlp", "optim=sgd", f"hydra.run.dir={run_dir}"]
         + tiny_data("tabular")
-        + ["dataset.num_train=64", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "~callbacks.progress_bar"],
+        + ["dataset.num_train=64", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"],
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
