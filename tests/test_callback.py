@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from torch import nn
 
 from lipschitz_lightning import LipschitzLR
@@ -378,6 +378,32 @@ def test_resume_reproduces_the_rates_of_an_uninterrupted_run(tmp_path):
     assert len(resumed.rates) == 2
     assert resumed.rates == pytest.approx(full.rates[2:], rel=1e-6)
     assert cb.state.t == 4
+
+
+def test_interrupted_epoch_keeps_its_statistics(tmp_path):
+    """A crash mid-epoch: the on-exception checkpoint carries the epoch's statistics so far, and the
+    resumed epoch ends with the K_z of an uninterrupted one."""
+    data = ToyDataModule(make_data(), 16)
+    full = RateRecorder()
+    trainer([LipschitzLR(first_epoch_lr=0.05), full], max_epochs=2).fit(toy("sgd"), datamodule=data)
+
+    class Crash(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 0 and batch_idx == 1:
+                raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer([LipschitzLR(first_epoch_lr=0.05), Crash(), OnExceptionCheckpoint(dirpath=tmp_path)], max_epochs=2,
+                enable_checkpointing=True).fit(toy("sgd"), datamodule=data)
+    checkpoint = torch.load(tmp_path / "on_exception.ckpt", weights_only=False)
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("LipschitzLR")]
+    assert len(state["pending_steps"]) == 2
+
+    resumed = RateRecorder()
+    trainer([LipschitzLR(first_epoch_lr=0.05), resumed], max_epochs=2, enable_checkpointing=True).fit(
+        toy("sgd", seed=7), datamodule=data, ckpt_path=str(tmp_path / "on_exception.ckpt"))
+    assert resumed.stats[0]["K_z"] == pytest.approx(full.stats[0]["K_z"], rel=1e-6)
+    assert resumed.stats[0]["next_lr"] == pytest.approx(full.rates[1], rel=1e-4)
 
 
 # --------------------------------------------------------------------------- DDP (gloo, CPU)
