@@ -89,6 +89,22 @@ def test_rates_follow_the_spec_formula_on_independently_recorded_statistics(rule
     assert cb.last_stats["next_lr"] == pytest.approx(expected[-1], rel=1e-5)
 
 
+def test_validation_and_sanity_check_are_not_recorded():
+    """Validation data 100x larger than the training data would dominate K_z if it were recorded."""
+    module = toy("sgd")
+    train_set = make_data(n=48)
+    loud = torch.utils.data.TensorDataset(train_set.tensors[0] * 100, train_set.tensors[1])
+
+    class WithValidation(ToyDataModule):
+        def val_dataloader(self):
+            return torch.utils.data.DataLoader(loud, batch_size=16)
+
+    inputs = InputRecorder()
+    cb = LipschitzLR(rule="sgd", first_epoch_lr=0.05)
+    trainer([cb, inputs], max_epochs=2, num_sanity_val_steps=2).fit(module, datamodule=WithValidation(train_set, 16))
+    assert cb.last_stats["K_z"] == pytest.approx(max(float(a.norm()) for a in inputs.epochs[-1]["A"]), rel=1e-6)
+
+
 def test_logged_keys_and_theory_check():
     module = toy("adam")
     cb = LipschitzLR(rule="adam", loss="softmax_ce")
