@@ -278,7 +278,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     try:
         metrics = train(cfg)
     except (ConfigError, LipschitzLRError, *_data_errors()) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None

@@ -410,13 +410,14 @@ def test_interrupted_epoch_keeps_its_statistics(tmp_path):
 
     with pytest.raises(RuntimeError, match="crash"):
         trainer([LipschitzLR(first_epoch_lr=0.05), Crash(), OnExceptionCheckpoint(dirpath=tmp_path)], max_epochs=2,
-                enable_checkpointing=True).fit(toy("sgd"), datamodule=data)
+                enable_checkpointing=True, default_root_dir=tmp_path / "a").fit(toy("sgd"), datamodule=data)
     checkpoint = torch.load(tmp_path / "on_exception.ckpt", weights_only=False)
     (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("LipschitzLR")]
     assert len(state["pending_steps"]) == 2
 
     resumed = RateRecorder()
-    trainer([LipschitzLR(first_epoch_lr=0.05), resumed], max_epochs=2, enable_checkpointing=True).fit(
+    trainer([LipschitzLR(first_epoch_lr=0.05), resumed], max_epochs=2, enable_checkpointing=True,
+            default_root_dir=tmp_path / "b").fit(
         toy("sgd", seed=7), datamodule=data, ckpt_path=str(tmp_path / "on_exception.ckpt"))
     assert resumed.stats[0]["K_z"] == pytest.approx(full.stats[0]["K_z"], rel=1e-6)
     assert resumed.stats[0]["next_lr"] == pytest.approx(full.rates[1], rel=1e-4)

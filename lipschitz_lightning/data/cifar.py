@@ -134,7 +134,7 @@ def _load_files(folder: Path, names: Sequence[str], md5s: dict[str, str], verify
 def channel_means(images: torch.Tensor) -> list[float]:
     """Per-channel mean of uint8 images ``(N, C, H, W)`` in pixel units, computed exactly in int64."""
     count = images.shape[0] * images.shape[2] * images.shape[3]
-    return [images[:, c].sum(dtype=torch.int64).item() / count for c in range(images.shape[1])]
+    return [total / count for total in images.sum(dim=(0, 2, 3), dtype=torch.int64).tolist()]
 
 
 class _CIFARDataModule(BaseDataModule):
