@@ -14,6 +14,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
 from lipschitz_lightning.data.base import BaseDataModule, class_targets
+from lipschitz_lightning.math.bounds import scale_columns_to_unit_sum
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,10 @@ def scale_features(train: np.ndarray, test: np.ndarray, scale: str) -> tuple[np.
         std[std == 0] = 1.0
         return (train - mean) / std, (test - mean) / std
     if scale == "unit_sum":
-        total = train.sum(axis=0)
-        total[total == 0] = 1.0
-        return train / total, test / total
+        reference = torch.from_numpy(train)
+        return tuple(  # type: ignore[return-value]
+            scale_columns_to_unit_sum(torch.from_numpy(x), reference=reference).numpy() for x in (train, test)
+        )
     raise ValueError(f"unknown scale {scale!r}; expected one of {SCALINGS}")
 
 
