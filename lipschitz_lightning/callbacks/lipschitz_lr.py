@@ -48,6 +48,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lipschitz_lightning.math import bounds
+from lipschitz_lightning.math.bounds import LOSSES
 from lipschitz_lightning.math.rules import (
     RULES,
     EpochStats,
@@ -67,7 +68,6 @@ class LipschitzLRError(ValueError):
     """LipschitzLR cannot produce a first rate (e.g. the probe's bound is not positive); raised
     before the first training step, with a message that says what to set."""
 
-LOSSES = ("softmax_ce", "bce", "mse")
 SOURCES = ("hooks", "probe")
 
 # Columns of the per-step statistics vector: squared Frobenius norms, summed over the

@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-LOSSES: tuple[str, ...] = ("softmax_ce", "bce", "mse")
+from lipschitz_lightning.math.bounds import LOSSES
+
 
 
 class DatasetNotFoundError(RuntimeError):

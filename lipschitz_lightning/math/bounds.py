@@ -22,7 +22,12 @@ import torch
 
 Number = Union[float, torch.Tensor]
 
+#: The losses a bound is derived for: softmax cross-entropy, binary cross-entropy on one sigmoid
+#: output, least squares. Models, datamodules and the callback all name losses by these.
+LOSSES: tuple[str, ...] = ("softmax_ce", "bce", "mse")
+
 __all__ = [
+    "LOSSES",
     "softmax_ce_coefficient",
     "bce_coefficient",
     "least_squares_coefficient",
