@@ -150,7 +150,7 @@ def _build_loggers(cfg: DictConfig) -> List[Any]:
 
 
 def _build_lipschitz(
-    cfg: DictConfig, datamodule: pl.LightningDataModule, net: torch.nn.Module, optimizer: Any
+    cfg: DictConfig, datamodule: pl.LightningDataModule, module: pl.LightningModule, optimizer: Any
 ) -> Optional[LipschitzLR]:
     """The optim option's LipschitzLR callback, checked against the optimizer before training."""
     node = cfg.optim.get("callback")
@@ -164,9 +164,10 @@ def _build_lipschitz(
         return None
     callback = _instantiate(node, f"optim={_choice(cfg, 'optim')}", loss=datamodule.loss)
     try:
-        find_head(net, None if callback.head_name is None else callback.head_name.removeprefix("net."))
-        # A throwaway optimizer on the network's parameters: same class and param-group values.
-        check_optimizer(callback.rule, optimizer(params=net.parameters()))
+        # Head names are relative to the LightningModule, as the callback resolves them in fit.
+        find_head(module, callback.head_name)
+        # A throwaway optimizer on the module's parameters: same class and param-group values.
+        check_optimizer(callback.rule, optimizer(params=module.parameters()))
     except ValueError as exc:
         raise ConfigError(f"optim={_choice(cfg, 'optim')}: {exc}") from exc
     return callback
@@ -219,8 +220,8 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         raise ConfigError(f"dataset.batch_size must be a positive integer; got {datamodule.batch_size!r}")
     net = _build_net(cfg, datamodule)
     optimizer = _instantiate(cfg.optim.optimizer, f"optim={_choice(cfg, 'optim')}")
-    lipschitz = _build_lipschitz(cfg, datamodule, net, optimizer)
     module = SupervisedModule(net=net, optimizer=optimizer, loss=datamodule.loss, num_outputs=datamodule.num_outputs)
+    lipschitz = _build_lipschitz(cfg, datamodule, module, optimizer)
 
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         # Missing data fails here, before any trainer state (or on-exception checkpoint) exists.

@@ -414,7 +414,7 @@ class LipschitzLR(pl.Callback):
     # ------------------------------------------------------------------ epoch boundaries
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._restored and self.lr is not None:
+        if self._restored:  # a checkpoint's rate; no probe
             for i, step in enumerate(self._steps):
                 self._steps[i] = step.to(pl_module.device)
             if self._grad_max is not None:
