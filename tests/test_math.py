@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from lipschitz_lightning.math import (
+    RULES,
     EpochStats,
+    HeadStats,
+    epoch_bound,
     RuleHyper,
     RuleState,
     apply_caps,
@@ -37,6 +40,26 @@ def test_paper_resnet20_cifar10_rate():
     L = softmax_ce_bound(206.695, k=10, m=128) + l2_term(1e-3, 43.257)
     assert L == pytest.approx(0.9 / 128 * 206.695 + 1e-3 * 43.257)
     assert round(1 / L, 3) == 0.668
+
+
+def test_paper_resnet20_cifar10_rate_through_the_function_training_calls():
+    """Paper 7.4 again, through epoch_bound and next_rate: the callback's own path."""
+    stats = HeadStats(k_z=206.695, m=128, w_max=43.257)
+    bound = epoch_bound("sgd", stats, "softmax_ce", k=10, weight_decay=1e-3)
+    assert bound.L == pytest.approx(1.4966, abs=5e-5)
+    lr, state = next_rate("sgd", RuleState(), bound, RuleHyper())
+    assert round(lr, 3) == 0.668 and state.t == 1
+
+
+def test_every_rule_is_one_complete_entry():
+    for name, rule in RULES.items():
+        assert rule.name == name and rule.summary and rule.optimizer.needs
+        assert rule.first_epoch_lr == "auto" or rule.first_epoch_lr > 0
+        assert set(rule.logged) <= {"K1", "K2"}
+        assert rule.statistics <= {"A4", "colabs", "spec"}
+    assert {n for n, r in RULES.items() if r.paper} == {"sgd", "adamo", "rmsprop", "adam"}
+    # the guard is on by default for ours, off for the paper's
+    assert all(r.guard != r.paper for r in RULES.values())
 
 
 @pytest.mark.parametrize(

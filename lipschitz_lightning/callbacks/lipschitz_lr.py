@@ -7,12 +7,23 @@ the next epoch will use) and written into every param group, times the group's `
 has one. The math lives in :mod:`lipschitz_lightning.math`; this class gathers, reduces, calls the
 math, writes the rate and logs.
 
+The class has two halves: gathering (:class:`~lipschitz_lightning.callbacks.gathering.HeadGathering`:
+hooks, probe, the epoch's reduction) and scheduling (here: the rule, caps, the guard, writing the
+rate, logging, state). A rule is looked up in :data:`lipschitz_lightning.math.rules.RULES`; the
+epoch's bound is :func:`lipschitz_lightning.math.rules.epoch_bound`, the function the tests check.
+
 Gathering costs no extra forward pass: a forward pre-hook on the head ``nn.Linear`` adds the
-squared Frobenius norm of its input batch (and of its element-wise square for the RMSprop/Adam
-rules) into one running scalar per optimizer step, on the device. Nothing moves to the host and
-no collective runs per step; at epoch end one ``all_reduce(SUM)`` of the per-step vector makes
-``K_z`` the norm of the *global* batch, so N devices x batch b give the rate of one device x batch
-N*b (spec section 4).
+squared Frobenius norm of its input batch (and what else the rule needs) into one preallocated
+device vector per optimizer step, in place, so a ``torch.compile``d model compiles once. Nothing
+moves to the host and no collective runs per step; at epoch end one ``all_reduce(SUM)`` of the
+per-step vectors makes ``K_z`` the norm of the *global* batch, so N devices x batch b give the
+rate of one device x batch N*b (spec section 4).
+
+The guard (on by default for the rules beyond the paper, off for the paper's four): when an
+epoch's training loss turns non-finite or ends above ``guard_loss_factor`` times its start, or the
+head input's norm collapses below ``guard_collapse`` times its start, the weights and optimizer
+state of the epoch's start are restored and the next epoch runs at ``guard_shrink`` times the
+failed rate, which also caps every later rate.
 
 Logged once per epoch (through ``pl_module.log``, so they reach the logger and
 ``trainer.callback_metrics``):
@@ -24,7 +35,8 @@ Logged once per epoch (through ``pl_module.log``, so they reach the logger and
 * ``lipschitz/grad_max_over_L`` -- the largest last-layer gradient entry seen this epoch (weight
   decay included) over this epoch's bound; the theory holds while it stays <= 1,
 * ``lipschitz/capped`` and ``lipschitz/bound_invalid`` -- 1 when a safety cap bound, or when the
-  bound was non-positive/NaN/inf and the previous rate was kept.
+  bound was non-positive/NaN/inf and the previous rate was kept,
+* ``lipschitz/rollbacks`` -- (guard on) the number of epochs rolled back so far.
 
 Example::
 
@@ -38,140 +50,81 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
 
+from lipschitz_lightning.callbacks.gathering import HeadGathering, LipschitzLRError, find_head
 from lipschitz_lightning.math import bounds
 from lipschitz_lightning.math.bounds import LOSSES
 from lipschitz_lightning.math.rules import (
     RULES,
     EpochStats,
+    Rule,
     RuleHyper,
     RuleState,
     apply_caps,
-    default_first_epoch_lr,
+    epoch_bound,
+    get_rule,
     initial_state,
     next_rate,
     time_decay,
 )
+from lipschitz_lightning.math.statistics import HeadStats
 
 __all__ = ["LipschitzLR", "LipschitzLRError", "check_optimizer", "find_head"]
 
-
-class LipschitzLRError(ValueError):
-    """LipschitzLR cannot produce a first rate (e.g. the probe's bound is not positive); raised
-    before the first training step, with a message that says what to set."""
-
 SOURCES = ("hooks", "probe")
-
-# Columns of the per-step statistics vector: squared Frobenius norms, summed over the
-# micro-batches (and, at epoch end, the ranks) of one optimizer step.
-_A2, _A4, _OUT2, _Y2 = range(4)
-_N_STATS = 4
-
-
-def find_head(module: nn.Module, name: Optional[str] = None) -> Tuple[str, nn.Linear]:
-    """Return ``(name, layer)`` of the head: the named module, else the last ``nn.Linear``.
-
-    Raises:
-        ValueError: no ``nn.Linear`` in the model, or the named module is missing or not linear.
-    """
-    modules = dict(module.named_modules())
-    if name is not None:
-        if name not in modules:
-            linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
-            raise ValueError(
-                f"LipschitzLR: head {name!r} does not exist in {type(module).__name__}; "
-                f"its nn.Linear modules are {linears}"
-            )
-        if not isinstance(modules[name], nn.Linear):
-            raise ValueError(
-                f"LipschitzLR: head {name!r} is a {type(modules[name]).__name__}, not an nn.Linear"
-            )
-        return name, modules[name]
-    linears = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(
-            f"LipschitzLR needs a model ending in an nn.Linear head; "
-            f"{type(module).__name__} has no nn.Linear"
-        )
-    return linears[-1]
-
-
-_RULE_OPTIMIZERS = {
-    "sgd": "torch.optim.SGD without momentum",
-    "adamo": "torch.optim.SGD with momentum > 0",
-    "rmsprop": "torch.optim.RMSprop",
-    "adam": "torch.optim.Adam or torch.optim.AdamW",
-}
+SNAPSHOTS = ("device", "cpu")
 
 
 def check_optimizer(rule: str, optimizer: torch.optim.Optimizer) -> None:
-    """Raise ``ValueError`` if ``optimizer`` does not fit ``rule`` (spec section 3).
+    """Raise ``ValueError`` if ``optimizer`` does not fit ``rule`` (its registry entry says which).
 
-    Adaptive SGD needs plain SGD, AdaMo SGD with momentum (ideally ``dampening=momentum``, the
-    EWMA velocity of the paper; a warning says so otherwise), adaptive RMSprop needs RMSprop and
-    Auto-Adam Adam or AdamW.
+    Adaptive SGD and ``gradbound`` need plain SGD, AdaMo SGD with momentum (ideally
+    ``dampening=momentum``, the EWMA velocity of the paper; a warning says so otherwise),
+    ``smooth`` any SGD, adaptive RMSprop needs RMSprop and Auto-Adam Adam or AdamW.
     """
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; expected one of {sorted(RULES)}")
+    entry = get_rule(rule)
     group = optimizer.param_groups[0]
-    momentum = group.get("momentum", 0.0)
-    fits = {
-        "sgd": isinstance(optimizer, torch.optim.SGD) and momentum == 0,
-        "adamo": isinstance(optimizer, torch.optim.SGD) and momentum > 0,
-        "rmsprop": isinstance(optimizer, torch.optim.RMSprop),
-        "adam": isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)),
-    }[rule]
-    if not fits:
+    if not entry.optimizer.fits(optimizer):
+        momentum = group.get("momentum", 0.0)
         detail = f" (momentum={momentum})" if isinstance(optimizer, torch.optim.SGD) else ""
         raise ValueError(
-            f"LipschitzLR rule {rule!r} needs {_RULE_OPTIMIZERS[rule]}; "
-            f"got {type(optimizer).__name__}{detail}"
+            f"LipschitzLR rule {rule!r} needs {entry.optimizer.needs}; got {type(optimizer).__name__}{detail}"
         )
-    if rule == "adamo" and group.get("dampening", 0.0) != momentum:
-        rank_zero_warn(
-            f"LipschitzLR rule 'adamo': SGD(momentum={momentum}, dampening="
-            f"{group.get('dampening', 0.0)}) is not the EWMA velocity v <- b v + (1-b) g the "
-            f"paper assumes; use dampening={momentum}"
-        )
-
-
-def _optimizer_betas(rule: str, optimizer: torch.optim.Optimizer) -> Tuple[float, float]:
-    group = optimizer.param_groups[0]
-    if rule == "adamo":
-        return float(group["momentum"]), 0.999
-    if rule == "rmsprop":
-        return 0.9, float(group["alpha"])
-    if rule == "adam":
-        b1, b2 = group["betas"]
-        return float(b1), float(b2)
-    return 0.9, 0.999
+    advice = entry.optimizer.advice(group)
+    if advice:
+        rank_zero_warn(f"LipschitzLR rule {rule!r}: {advice}")
 
 
 def _is_positive_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
-class LipschitzLR(pl.Callback):
-    """Schedule the learning rate by the LipschitzLR rule (Yedida & Saha); see module docstring.
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+class LipschitzLR(HeadGathering, pl.Callback):
+    """Schedule the learning rate by a LipschitzLR rule (Yedida & Saha, and ours); see module docstring.
 
     Args:
-        rule: ``"sgd"`` (adaptive SGD), ``"adamo"`` (momentum), ``"rmsprop"`` or ``"adam"``
-            (Auto-Adam).
+        rule: a name in :data:`lipschitz_lightning.math.rules.RULES`: the paper's ``"sgd"``
+            (adaptive SGD), ``"adamo"`` (momentum), ``"rmsprop"``, ``"adam"`` (Auto-Adam); ours
+            ``"adamo_consistent"``, ``"gradbound"``, ``"smooth"`` (``docs/rules.md``).
         loss: ``"softmax_ce"``, ``"bce"`` (one sigmoid output) or ``"mse"`` (least squares).
         head: module name of the head ``nn.Linear``; default the model's last ``nn.Linear``.
         k: number of classes; default the head's ``out_features``.
         weight_decay: L2 coefficient lambda; default the optimizer's largest ``weight_decay``.
-        first_epoch_lr: rate of the first epoch: a positive float, ``"auto"`` (computed from a
-            no-grad probe of the initial weights), or ``None`` for the rule's default (probe for
-            sgd/rmsprop, 0.1 for adamo, 1e-3 for adam; paper 7.3-7.4).
+        first_epoch_lr: rate of the first epoch: a positive float, ``"auto"`` (the rule's first
+            update on a no-grad probe of the initial weights), or ``None`` for the rule's default
+            (probe for sgd/rmsprop/gradbound/smooth, 0.1 for the AdaMos, 1e-3 for adam).
         betas: EWMA betas; a float (one-beta rules) or ``(beta1, beta2)``. Default: the
             optimizer's own (SGD momentum, RMSprop alpha, Adam betas).
         eps: epsilon of the RMSprop / Auto-Adam rates.
@@ -184,6 +137,19 @@ class LipschitzLR(pl.Callback):
         decay: Keras time-based decay ``lr / (1 + decay * step)`` on top (reference code; 0=off).
         max_lr: optional cap on the rate (off by default).
         max_growth: optional cap on the growth factor of the rate from one epoch to the next.
+        guard: roll an epoch back when it fails (see module docstring); ``None``: the rule's
+            default (on for the new rules, off for the paper's).
+        guard_loss_factor: an epoch fails when the mean loss of its last quarter of steps exceeds
+            this times the mean of its first quarter.
+        guard_collapse: an epoch fails when the mean ``||A||`` of its last quarter of steps falls
+            below this times the mean of its first quarter (dead ReLUs).
+        guard_shrink: the retried epoch's rate, as a fraction of the failed one.
+        guard_snapshot: keep the epoch-start weights and optimizer state on the ``"device"``
+            (fast) or on the ``"cpu"`` (for models whose copy does not fit next to them).
+        max_rollbacks: consecutive rollbacks after which the run stops with a ``LipschitzLRError``.
+        first_epoch_checks: re-check the first epoch's rate at its optimizer steps 1, 2, 4, 8, ...
+            on the statistics so far, lowering it when the features grew (one host sync each,
+            first epoch only); ``None``: the rule's default (on for gradbound and smooth).
 
     Raises:
         ValueError: a bad argument (here), or before training: no ``nn.Linear`` head, a missing
@@ -207,12 +173,24 @@ class LipschitzLR(pl.Callback):
         decay: float = 0.0,
         max_lr: Optional[float] = None,
         max_growth: Optional[float] = None,
+        guard: Optional[bool] = None,
+        guard_loss_factor: float = 2.0,
+        guard_collapse: float = 1e-2,
+        guard_shrink: float = 0.25,
+        guard_snapshot: str = "device",
+        max_rollbacks: int = 5,
+        first_epoch_checks: Optional[bool] = None,
     ) -> None:
         super().__init__()
         if rule not in RULES:
             raise ValueError(f"LipschitzLR: unknown rule {rule!r}; expected one of {sorted(RULES)}")
+        entry = RULES[rule]
         if loss not in LOSSES:
             raise ValueError(f"LipschitzLR: unknown loss {loss!r}; expected one of {list(LOSSES)}")
+        if loss not in entry.losses:
+            raise ValueError(
+                f"LipschitzLR: rule {rule!r} is derived for the losses {list(entry.losses)}; got loss {loss!r}"
+            )
         if source not in SOURCES:
             raise ValueError(f"LipschitzLR: unknown source {source!r}; expected one of {list(SOURCES)}")
         if first_epoch_lr is not None and first_epoch_lr != "auto" and not _is_positive_number(first_epoch_lr):
@@ -229,7 +207,8 @@ class LipschitzLR(pl.Callback):
                 raise ValueError(f"LipschitzLR: betas must be one or two numbers in [0, 1); got {betas!r}")
         if not eps >= 0:
             raise ValueError(f"LipschitzLR: eps must be >= 0; got {eps!r}")
-        for name, value in (("probe_batches", probe_batches), ("init_probe_batches", init_probe_batches)):
+        for name, value in (("probe_batches", probe_batches), ("init_probe_batches", init_probe_batches),
+                            ("max_rollbacks", max_rollbacks)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"LipschitzLR: {name} must be a positive integer; got {value!r}")
         if not decay >= 0:
@@ -238,13 +217,21 @@ class LipschitzLR(pl.Callback):
             raise ValueError(f"LipschitzLR: max_lr must be a positive number; got {max_lr!r}")
         if max_growth is not None and not _is_positive_number(max_growth):
             raise ValueError(f"LipschitzLR: max_growth must be a positive number; got {max_growth!r}")
+        if not (_is_positive_number(guard_loss_factor) and guard_loss_factor > 1):
+            raise ValueError(f"LipschitzLR: guard_loss_factor must be a number > 1; got {guard_loss_factor!r}")
+        if not (isinstance(guard_collapse, (int, float)) and 0 <= guard_collapse < 1):
+            raise ValueError(f"LipschitzLR: guard_collapse must be in [0, 1); got {guard_collapse!r}")
+        if not (_is_positive_number(guard_shrink) and guard_shrink < 1):
+            raise ValueError(f"LipschitzLR: guard_shrink must be in (0, 1); got {guard_shrink!r}")
+        if guard_snapshot not in SNAPSHOTS:
+            raise ValueError(f"LipschitzLR: guard_snapshot must be one of {list(SNAPSHOTS)}; got {guard_snapshot!r}")
 
         self.rule = rule
         self.loss = loss
         self.head_name = head
         self.k = k
         self.weight_decay = weight_decay
-        self.first_epoch_lr = default_first_epoch_lr(rule) if first_epoch_lr is None else first_epoch_lr
+        self.first_epoch_lr = entry.first_epoch_lr if first_epoch_lr is None else first_epoch_lr
         self.betas = betas
         self.eps = float(eps)
         self.bias_correction = bool(bias_correction)
@@ -254,33 +241,41 @@ class LipschitzLR(pl.Callback):
         self.decay = float(decay)
         self.max_lr = max_lr
         self.max_growth = max_growth
-        # S (norm of A*A) is needed only by the rules that use the second-moment estimate G2.
-        self._needs_s = rule in ("rmsprop", "adam")
+        self.guard = entry.guard if guard is None else bool(guard)
+        self.guard_loss_factor = float(guard_loss_factor)
+        self.guard_collapse = float(guard_collapse)
+        self.guard_shrink = float(guard_shrink)
+        self.guard_snapshot = guard_snapshot
+        self.max_rollbacks = max_rollbacks
+        self.first_epoch_checks = entry.first_epoch_checks if first_epoch_checks is None else bool(first_epoch_checks)
+        self._layout_needs = entry.statistics
 
         # Scheduling state (saved in checkpoints).
         self.lr: Optional[float] = None  # the rate in force for the current epoch
         self.state = RuleState()
         self.epochs_done = 0
+        self.rollbacks = 0
+        self._consecutive_rollbacks = 0
+        self._ceiling: Optional[float] = None  # the guard's cap after a rollback
         self._warned_invalid = False
         self._restored = False
 
         # Per-run wiring (set in setup / on_fit_start).
-        self._head: Optional[nn.Linear] = None
-        self._handles: List[Any] = []
         self._hyper = RuleHyper(eps=self.eps, bias_correction=self.bias_correction)
         self._lambda = 0.0
         self._k = 0
-        # Per-epoch gathering: one device vector of _N_STATS per optimizer step.
-        self._steps: List[torch.Tensor] = []
-        self._grad_max: Optional[torch.Tensor] = None
-        self._local_batch = 0
-        self._recording = False
-        self._step_index = 0
+        self._snapshot: Optional[Dict[str, Any]] = None
         self._epoch_finished = False
         self._restored_mid_epoch = False
         self.last_stats: Dict[str, float] = {}
+        self._init_gathering()
 
     # ------------------------------------------------------------------ setup / validation
+
+    @property
+    def _rule(self) -> Rule:
+        """The rule's registry entry (looked up, not stored: the callback pickles for ddp_spawn)."""
+        return RULES[self.rule]
 
     @property
     def state_key(self) -> str:
@@ -289,9 +284,10 @@ class LipschitzLR(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self.head_name, self._head = find_head(pl_module, self.head_name)
+        self._install_hooks(pl_module)
         self._k = self.k if self.k is not None else self._head.out_features
         if self.loss == "softmax_ce" and self._k < 2:
+            self._remove_hooks()
             raise ValueError(
                 f"LipschitzLR: loss 'softmax_ce' needs k >= 2 classes; the head {self.head_name!r} "
                 f"has {self._head.out_features} output(s) (use loss='bce' for one sigmoid output)"
@@ -299,88 +295,58 @@ class LipschitzLR(pl.Callback):
         if self.source == "probe":
             datamodule = getattr(trainer, "datamodule", None)
             if datamodule is None or not callable(getattr(datamodule, "probe_dataloader", None)):
+                self._remove_hooks()
                 raise ValueError(
                     "LipschitzLR(source='probe') needs a datamodule with probe_dataloader() "
                     "(the un-augmented training data); use source='hooks' otherwise"
                 )
-        self._remove_hooks()
-        self._handles.append(self._head.register_forward_pre_hook(self._record_input))
-        if self.loss == "mse":
-            self._handles.append(self._head.register_forward_hook(self._record_output))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if len(trainer.optimizers) != 1:
             raise ValueError(f"LipschitzLR schedules exactly one optimizer; got {len(trainer.optimizers)}")
         optimizer = trainer.optimizers[0]
         check_optimizer(self.rule, optimizer)
+        group = optimizer.param_groups[0]
         if self.weight_decay is None:
             self._lambda = max(float(g.get("weight_decay", 0.0) or 0.0) for g in optimizer.param_groups)
         else:
             self._lambda = float(self.weight_decay)
         self._hyper = RuleHyper(
-            betas=self._resolve_betas(optimizer), eps=self.eps, bias_correction=self.bias_correction
+            betas=self._resolve_betas(group), eps=self.eps, bias_correction=self.bias_correction,
+            momentum=float(group.get("momentum", 0.0) or 0.0), dampening=float(group.get("dampening", 0.0) or 0.0),
         )
         if trainer.lr_scheduler_configs:
             rank_zero_warn("LipschitzLR sets the learning rate itself; the configured LR scheduler will fight it")
+        self._allocate(pl_module.device)
 
-    def _resolve_betas(self, optimizer: torch.optim.Optimizer) -> Tuple[float, float]:
-        b1, b2 = _optimizer_betas(self.rule, optimizer)
+    def _resolve_betas(self, group: Dict[str, Any]) -> Tuple[float, float]:
+        b1, b2 = self._rule.optimizer.betas(group)
         if self.betas is None:
             return b1, b2
         if isinstance(self.betas, (int, float)):
             beta = float(self.betas)
-            return (b1, beta) if self.rule == "rmsprop" else (beta, b2)
+            return (b1, beta) if self._rule.single_beta == 1 else (beta, b2)
         bs = [float(b) for b in self.betas]
         return (bs[0], bs[-1])
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_hooks()
 
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    # ------------------------------------------------------------------ per-step path (no host sync)
-
-    def _add(self, column: int, value: torch.Tensor) -> None:
-        """Add a device scalar into column ``column`` of the current optimizer step's vector."""
-        while len(self._steps) <= self._step_index:
-            self._steps.append(torch.zeros(_N_STATS, device=value.device, dtype=torch.float32))
-        self._steps[self._step_index][column] += value
-
-    def _record_input(self, module: nn.Module, args: Tuple[Any, ...]) -> None:
-        if not self._recording:
-            return
-        a = args[0].detach()
-        self._local_batch = max(self._local_batch, a.shape[0] if a.dim() > 1 else 1)
-        a2 = a.float().square()
-        self._add(_A2, a2.sum())
-        if self._needs_s:
-            self._add(_A4, a2.square().sum())
-
-    def _record_output(self, module: nn.Module, args: Tuple[Any, ...], output: torch.Tensor) -> None:
-        if self._recording:
-            self._add(_OUT2, output.detach().float().square().sum())
-
-    def _record_targets(self, batch: Any) -> None:
-        if self.loss != "mse":
-            return
-        if not isinstance(batch, (list, tuple)) or len(batch) < 2 or not torch.is_tensor(batch[1]):
-            raise LipschitzLRError("LipschitzLR(loss='mse') needs batches of the form (inputs, targets, ...)")
-        self._add(_Y2, batch[1].detach().float().square().sum())
+    # ------------------------------------------------------------------ per-step hooks (no host sync)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._restored_mid_epoch:
-            self._steps = []
-            self._grad_max = None
-        self._restored_mid_epoch = False
+            self._reset_epoch()
+        else:
+            self._discard_in_flight()
         self._epoch_finished = False
+        # The guard's snapshot of the epoch's start; none for an epoch resumed mid-way.
+        self._snapshot = self._take_snapshot(trainer, pl_module) if self.guard and not self._restored_mid_epoch else None
+        self._restored_mid_epoch = False
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._step_index = batch_idx // trainer.accumulate_grad_batches
         if self.source == "hooks":
             self._recording = True
             self._record_targets(batch)
@@ -403,7 +369,21 @@ class LipschitzLR(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self._recording = False
-        if batch_idx + 1 == trainer.num_training_batches:
+        self._end_batch(trainer, pl_module, outputs, batch_idx)
+
+    def _end_batch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch_idx: int, finish: bool = True
+    ) -> None:
+        """A micro-batch whose optimizer step (if it ends one) has run: count it, close the step."""
+        self._record_loss(outputs)
+        self._micro_done += 1
+        last = batch_idx + 1 == trainer.num_training_batches
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or last:
+            self._commit_step()
+            if (finish and self.first_epoch_checks and self.epochs_done == 0 and not last
+                    and _is_power_of_two(len(self._steps))):
+                self._check_first_epoch_rate(trainer, pl_module)
+        if last and finish:
             self._finish_epoch(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -411,12 +391,25 @@ class LipschitzLR(pl.Callback):
         if not self._epoch_finished and (self._steps or self.source == "probe"):
             self._finish_epoch(trainer, pl_module)
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Make the pending statistics those of the steps that finished, before the on-exception
+        checkpoint is written (Lightning runs checkpoint callbacks last)."""
+        self._recording = False
+        if self._acc is None or self._epoch_finished:
+            return
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        if progress.processed > self._micro_done:
+            # Its optimizer step ran, but the exception came before our on_train_batch_end:
+            # Lightning counts the batch as done and will not run it again.
+            self._end_batch(trainer, pl_module, None, progress.processed - 1, finish=False)
+        else:
+            self._discard_in_flight()
+
     # ------------------------------------------------------------------ epoch boundaries
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._restored:  # a checkpoint's rate; no probe
-            for i, step in enumerate(self._steps):
-                self._steps[i] = step.to(pl_module.device)
+            self._steps = [step.to(pl_module.device) for step in self._steps]
             if self._grad_max is not None:
                 self._grad_max = self._grad_max.to(pl_module.device)
             self._write_lr(trainer, self.lr)
@@ -426,129 +419,47 @@ class LipschitzLR(pl.Callback):
             # sgd and adamo, (sqrt(G2) + eps)/K_z for rmsprop, (sqrt(G2) + eps)/L for adam.
             self._run_probe(trainer, pl_module, initial=True)
             stats = self._gather(trainer, pl_module)
-            probe_stats = self._epoch_stats(stats)
-            first_update = RuleHyper(betas=self._hyper.betas, eps=self.eps, bias_correction=True)
-            lr, _ = next_rate(self.rule, RuleState(), probe_stats, first_update)
-            if not (bounds.is_valid_bound(lr) and bounds.is_valid_bound(probe_stats.L)):
+            bound = epoch_bound(self.rule, stats, self.loss, self._k, self._lambda)
+            lr = self._first_update(bound)
+            if not (bounds.is_valid_bound(lr) and bounds.is_valid_bound(bound.L)):
                 detail = (
                     f"the least-squares bound (K_a - |y|) K_z / m is negative while the outputs "
-                    f"(K_a={stats['K_a']:.4g}) are smaller than the targets (|y|={stats['y_norm']:.4g})"
-                    if self.loss == "mse" else f"L={probe_stats.L:.4g}, K_z={stats['K_z']:.4g}"
+                    f"(K_a={stats.k_a:.4g}) are smaller than the targets (|y|={stats.y_norm:.4g})"
+                    if self.loss == "mse" else f"L={bound.L:.4g}, K_z={stats.k_z:.4g}"
                 )
                 raise LipschitzLRError(
                     f"LipschitzLR: the first-epoch probe of the initial weights gave no usable rate ({detail}); "
                     f"give the first epoch a rate: first_epoch_lr=<a positive number> (lr.first_epoch=... "
                     f"on the command line)"
                 )
-            # AdaMo's K is seeded with the Lipschitz constant whose inverse is the first rate.
-            self.state = RuleState(K1=probe_stats.L) if self.rule == "adamo" else RuleState()
             self.lr = float(lr)
+            # AdaMo's K is seeded with the Lipschitz constant whose inverse is the first rate.
+            self.state = initial_state(self.rule, self.lr, probe_L=bound.L)
             rank_zero_info(
                 f"LipschitzLR: first-epoch rate {self.lr:.6g} from a probe of the initial weights "
-                f"(K_z={stats['K_z']:.6g}, W={stats['W']:.6g}, L={stats['L']:.6g})"
+                f"(K_z={stats.k_z:.6g}, W={stats.w_max:.6g}, L={bound.L:.6g})"
             )
         else:
             self.lr = float(self.first_epoch_lr)
             self.state = initial_state(self.rule, self.lr)
         self._write_lr(trainer, self.lr)
 
-    def _run_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, initial: bool) -> None:
-        """No-grad forward passes that feed the same per-step gathering as training.
+    def _first_update(self, bound: EpochStats) -> float:
+        hyper = RuleHyper(betas=self._hyper.betas, eps=self.eps, bias_correction=True,
+                          momentum=self._hyper.momentum, dampening=self._hyper.dampening)
+        lr, _ = next_rate(self.rule, RuleState(), bound, hyper)
+        return lr
 
-        ``initial``: the first-epoch probe over a few *training* batches, in train mode (the
-        activations training will see), with RNG and buffers (BatchNorm statistics) restored
-        afterwards. Otherwise the ``source='probe'`` pass over ``probe_dataloader()`` in eval mode
-        (the reference code's Keras ``predict``). Under DDP rank r takes loader batches r, r+N, ...
-        and every rank runs the same number of steps.
-        """
-        world = trainer.world_size
-        accumulate = trainer.accumulate_grad_batches
-        if initial:
-            loader = trainer.train_dataloader
-            max_batches = self.init_probe_batches
-            sharded = True  # the training loader already carries the DistributedSampler
-        else:
-            loader = trainer.datamodule.probe_dataloader()
-            max_batches = self.probe_batches
-            sharded = False
-        if loader is None:
-            raise LipschitzLRError("LipschitzLR: no training data to probe; pass first_epoch_lr=<number>")
-        was_training = pl_module.training
-        buffers = {name: b.detach().clone() for name, b in pl_module.named_buffers()} if initial else {}
-        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
-        self._steps = []
-        n_local = 0
-        try:
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                pl_module.train(initial)
-                self._recording = True
-                for j, batch in enumerate(loader):
-                    rank_batch = j if sharded else j // world
-                    if not sharded and j % world != trainer.global_rank:
-                        continue
-                    if max_batches is not None and rank_batch >= max_batches:
-                        break
-                    self._step_index = rank_batch // accumulate
-                    batch = trainer.strategy.batch_to_device(batch, pl_module.device)
-                    self._record_targets(batch)
-                    pl_module(batch[0] if isinstance(batch, (list, tuple)) else batch)
-                    n_local += 1
-        finally:
-            self._recording = False
-            pl_module.train(was_training)
-            with torch.no_grad():
-                for name, b in pl_module.named_buffers():
-                    if name in buffers:
-                        b.copy_(buffers[name])
-        if n_local == 0:
-            raise LipschitzLRError("LipschitzLR: the probe saw no batches; pass first_epoch_lr=<number>")
-        if not sharded:
-            # Keep only whole steps so that every rank contributes the same number of entries.
-            n_total = len(loader) if max_batches is None else min(len(loader), max_batches * world)
-            n_steps = max(1, n_total // (world * accumulate))
-            self._steps = self._steps[:n_steps]
-            while len(self._steps) < n_steps:
-                self._steps.append(torch.zeros(_N_STATS, device=pl_module.device))
-
-    def _gather(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Dict[str, float]:
-        """Reduce the epoch's per-step vectors across ranks (one collective) and derive the stats."""
-        device = pl_module.device
-        steps = torch.stack(self._steps) if self._steps else torch.zeros(1, _N_STATS, device=device)
-        with torch.no_grad():
-            w_max = torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in pl_module.parameters()]).max()
-        grad = self._grad_max if self._grad_max is not None else torch.full((), float("nan"), device=device)
-        packed = torch.cat([steps.to(device).flatten(), w_max.reshape(1).to(device), grad.reshape(1).to(device)])
-        world = trainer.world_size
-        if world > 1:
-            packed = trainer.strategy.reduce(packed, reduce_op="sum")
-        values = packed.double().cpu()  # the one host transfer of the epoch
-        per_step = values[:-2].reshape(-1, _N_STATS)
-        maxima = per_step.max(dim=0).values.clamp_min(0).sqrt()
-        m = self._local_batch * world * trainer.accumulate_grad_batches
-        return {
-            "K_z": float(maxima[_A2]),
-            "S": float(maxima[_A4]),
-            "K_a": float(maxima[_OUT2]),
-            "y_norm": float(maxima[_Y2]),
-            # W and the gradient are identical on every rank (DDP keeps replicas in sync).
-            "W": float(values[-2]) / world,
-            "grad_max": float(values[-1]) / world,
-            "m": float(m),
-        }
-
-    def _epoch_stats(self, stats: Dict[str, float]) -> EpochStats:
-        """Compute L and G2 from gathered statistics (adds L to ``stats``)."""
-        m = max(stats["m"], 1.0)
-        if self.loss == "softmax_ce":
-            coefficient = bounds.softmax_ce_coefficient(self._k, m)
-        elif self.loss == "bce":
-            coefficient = bounds.bce_coefficient(m)
-        else:
-            coefficient = bounds.least_squares_coefficient(stats["K_a"], stats["y_norm"], m)
-        L = coefficient * stats["K_z"] + bounds.l2_term(self._lambda, stats["W"])
-        stats["L"] = L
-        G2 = bounds.second_moment_estimate(coefficient, stats["K_z"], stats["S"], self._lambda, stats["W"])
-        return EpochStats(L=L, G2=G2, k_z=stats["K_z"])
+    def _check_first_epoch_rate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Step-level estimate in the first epoch: the features of the initial weights are small,
+        so a rate computed from them can be far too large once training has grown them. At steps
+        1, 2, 4, 8, ... the rate is recomputed from the steps so far and lowered if it fell."""
+        stats = self._gather(trainer, pl_module)
+        bound = epoch_bound(self.rule, stats, self.loss, self._k, self._lambda)
+        lr = self._first_update(bound)
+        if bounds.is_valid_bound(lr) and bounds.is_valid_bound(bound.L) and lr < self.lr:
+            self.lr = float(lr)
+            self._write_lr(trainer, self.lr)
 
     def _finish_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Gather, reduce, compute the next rate, write it and log (once per epoch)."""
@@ -559,47 +470,59 @@ class LipschitzLR(pl.Callback):
             self._run_probe(trainer, pl_module, initial=False)
             self._grad_max = grad_max
         stats = self._gather(trainer, pl_module)
-        epoch_stats = self._epoch_stats(stats)
+        bound = epoch_bound(self.rule, stats, self.loss, self._k, self._lambda)
         used_lr = self.lr
-        new_lr, new_state = next_rate(self.rule, self.state, epoch_stats, self._hyper)
-        invalid = not (bounds.is_valid_bound(epoch_stats.L) and stats["K_z"] > 0 and bounds.is_valid_bound(new_lr))
-        capped = False
-        if invalid:
-            if not self._warned_invalid:
-                rank_zero_warn(
-                    f"LipschitzLR: epoch {trainer.current_epoch} gave an unusable bound (L={epoch_stats.L}, "
-                    f"K_z={stats['K_z']}, W={stats['W']}, K_a={stats['K_a']}, |y|={stats['y_norm']}, "
-                    f"candidate lr={new_lr}); keeping lr={self.lr}"
-                )
-                self._warned_invalid = True
-            new_lr = self.lr
+        failure = self._guard_failure(stats) if self.guard else None
+        invalid = capped = False
+        if failure is not None:
+            self._roll_back(trainer, pl_module, failure)
+            new_lr = used_lr * self.guard_shrink
+            self._ceiling = new_lr
         else:
-            self.state = new_state
-            new_lr, capped = apply_caps(new_lr, self.lr, self.max_lr, self.max_growth)
-            if capped:
-                rank_zero_info(f"LipschitzLR: capped the rate of epoch {trainer.current_epoch + 1} at {new_lr:.6g}")
+            self._consecutive_rollbacks = 0
+            new_lr, new_state = next_rate(self.rule, self.state, bound, self._hyper)
+            invalid = not (bounds.is_valid_bound(bound.L) and stats.k_z > 0 and bounds.is_valid_bound(new_lr))
+            if invalid:
+                if not self._warned_invalid:
+                    rank_zero_warn(
+                        f"LipschitzLR: epoch {trainer.current_epoch} gave an unusable bound (L={bound.L}, "
+                        f"K_z={stats.k_z}, W={stats.w_max}, K_a={stats.k_a}, |y|={stats.y_norm}, "
+                        f"candidate lr={new_lr}); keeping lr={self.lr}"
+                    )
+                    self._warned_invalid = True
+                new_lr = self.lr
+            else:
+                self.state = new_state
+                max_lr = self.max_lr if self._ceiling is None else min(self.max_lr or math.inf, self._ceiling)
+                new_lr, capped = apply_caps(new_lr, self.lr, max_lr, self.max_growth)
+                if capped:
+                    rank_zero_info(f"LipschitzLR: capped the rate of epoch {trainer.current_epoch + 1} at {new_lr:.6g}")
         self.lr = float(new_lr)
         self.epochs_done += 1
-        self._steps = []
-        self._grad_max = None
+        self._reset_epoch()
         self._write_lr(trainer, time_decay(self.lr, self.decay, trainer.global_step) if self.decay else self.lr)
+        self._log(pl_module, stats, bound, used_lr, capped, invalid)
 
+    def _log(self, pl_module: pl.LightningModule, stats: HeadStats, bound: EpochStats, used_lr: float,
+             capped: bool, invalid: bool) -> None:
         metrics = {
             "lipschitz/lr": used_lr,
             "lipschitz/next_lr": self.lr,
-            "lipschitz/L": epoch_stats.L,
-            "lipschitz/K_z": stats["K_z"],
-            "lipschitz/W": stats["W"],
+            "lipschitz/L": bound.L,
+            "lipschitz/K_z": stats.k_z,
+            "lipschitz/W": stats.w_max,
             "lipschitz/capped": float(capped),
             "lipschitz/bound_invalid": float(invalid),
         }
-        if self.rule in ("adamo", "adam"):
-            metrics["lipschitz/K1"] = self.state.K1
-        if self.rule in ("rmsprop", "adam"):
-            metrics["lipschitz/K2"] = self.state.K2
-        if math.isfinite(stats["grad_max"]) and bounds.is_valid_bound(epoch_stats.L):
-            metrics["lipschitz/grad_max_over_L"] = stats["grad_max"] / epoch_stats.L
-        self.last_stats = dict(stats, **{k.split("/")[1]: v for k, v in metrics.items()})
+        for name in self._rule.logged:
+            metrics[f"lipschitz/{name}"] = getattr(self.state, name)
+        if self.guard:
+            metrics["lipschitz/rollbacks"] = float(self.rollbacks)
+        if self._rule.bounds_gradient and math.isfinite(stats.grad_max) and bounds.is_valid_bound(bound.L):
+            metrics["lipschitz/grad_max_over_L"] = stats.grad_max / bound.L
+        raw = {"K_z": stats.k_z, "S": stats.s, "K_a": stats.k_a, "y_norm": stats.y_norm, "W": stats.w_max,
+               "grad_max": stats.grad_max, "m": stats.m}
+        self.last_stats = dict(raw, **{k.split("/")[1]: v for k, v in metrics.items()})
         with warnings.catch_warnings():
             # The values are identical on every rank: no need for Lightning's sync_dist advice.
             warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
@@ -611,10 +534,72 @@ class LipschitzLR(pl.Callback):
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
 
+    # ------------------------------------------------------------------ the guard
+
+    def _take_snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Dict[str, Any]:
+        """The weights (and buffers) and optimizer state of the epoch's start: one copy of each,
+        on the device or on the host (``guard_snapshot``)."""
+        target = pl_module.device if self.guard_snapshot == "device" else torch.device("cpu")
+
+        def copy_tensors(obj: Any) -> Any:
+            if torch.is_tensor(obj):
+                return obj.detach().to(target, copy=True)
+            if isinstance(obj, dict):
+                return {k: copy_tensors(v) for k, v in obj.items()}
+            if isinstance(obj, (list, tuple)):
+                return type(obj)(copy_tensors(v) for v in obj)
+            return copy.deepcopy(obj)
+
+        return {
+            "model": copy_tensors(pl_module.state_dict()),
+            "optimizers": [copy_tensors(o.state_dict()) for o in trainer.optimizers],
+            "state": self.state,
+        }
+
+    def _guard_failure(self, stats: HeadStats) -> Optional[str]:
+        """Why this epoch must be rolled back, or ``None``. Identical on every rank: it reads only
+        reduced statistics."""
+        if self._snapshot is None:
+            return None
+        losses, norms = stats.step_losses, stats.step_norms
+        finite = all(math.isfinite(x) for x in (*losses, *norms, stats.w_max, stats.k_z))
+        if not finite:
+            return "the training loss or the weights turned non-finite"
+        if losses:
+            n = max(1, len(losses) // 4)
+            start, end = _mean(losses[:n]), _mean(losses[-n:])
+            if end > self.guard_loss_factor * start:
+                return f"the training loss rose from {start:.4g} to {end:.4g}"
+        if norms and self.guard_collapse > 0:
+            n = max(1, len(norms) // 4)
+            start, end = _mean(norms[:n]), _mean(norms[-n:])
+            if end < self.guard_collapse * start:
+                return f"the head input's norm collapsed from {start:.4g} to {end:.4g}"
+        return None
+
+    def _roll_back(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reason: str) -> None:
+        snapshot = self._snapshot
+        with torch.no_grad():
+            pl_module.load_state_dict(snapshot["model"])
+        for optimizer, state in zip(trainer.optimizers, snapshot["optimizers"]):
+            optimizer.load_state_dict(state)
+        self.state = snapshot["state"]
+        self.rollbacks += 1
+        self._consecutive_rollbacks += 1
+        if self._consecutive_rollbacks > self.max_rollbacks:
+            raise LipschitzLRError(
+                f"LipschitzLR: epoch {trainer.current_epoch} failed after {self.max_rollbacks} rollbacks in a row "
+                f"({reason}); lower the rate (first_epoch_lr, max_lr) or check the data"
+            )
+        rank_zero_warn(
+            f"LipschitzLR guard: in epoch {trainer.current_epoch} {reason}; restored the weights and optimizer "
+            f"state of its start and retrying at lr={self.lr * self.guard_shrink:.6g}"
+        )
+
     # ------------------------------------------------------------------ checkpointing
 
     def state_dict(self) -> Dict[str, Any]:
-        return {
+        state = {
             "rule": self.rule,
             "lr": self.lr,
             "K1": self.state.K1,
@@ -622,13 +607,14 @@ class LipschitzLR(pl.Callback):
             "t": self.state.t,
             "epochs_done": self.epochs_done,
             "warned_invalid": self._warned_invalid,
-            "local_batch": self._local_batch,
-            # An interrupted epoch's statistics so far (empty at epoch boundaries).
-            "pending_steps": [s.detach().cpu() for s in self._steps] if not self._epoch_finished else [],
-            "pending_grad_max": (
-                self._grad_max.detach().cpu() if self._grad_max is not None and not self._epoch_finished else None
-            ),
+            "rollbacks": self.rollbacks,
+            "consecutive_rollbacks": self._consecutive_rollbacks,
+            "ceiling": self._ceiling,
         }
+        # An interrupted epoch's statistics so far: the steps that finished (empty at epoch boundaries).
+        pending = self._pending_state() if not self._epoch_finished else {"pending_steps": [], "pending_grad_max": None}
+        state.update(pending)
+        return state
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.lr = state_dict.get("lr")
@@ -637,8 +623,13 @@ class LipschitzLR(pl.Callback):
         )
         self.epochs_done = int(state_dict.get("epochs_done", 0))
         self._warned_invalid = bool(state_dict.get("warned_invalid", False))
-        self._local_batch = int(state_dict.get("local_batch", 0))
-        self._steps = list(state_dict.get("pending_steps", []))
-        self._grad_max = state_dict.get("pending_grad_max")
+        self.rollbacks = int(state_dict.get("rollbacks", 0))
+        self._consecutive_rollbacks = int(state_dict.get("consecutive_rollbacks", 0))
+        self._ceiling = state_dict.get("ceiling")
+        self._load_pending(state_dict)
         self._restored_mid_epoch = bool(self._steps)
         self._restored = self.lr is not None
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0

@@ -1,11 +1,15 @@
-"""The LipschitzLR math: bounds of the loss (``bounds``) and the learning-rate rules (``rules``).
+"""The LipschitzLR math: bounds of the loss (``bounds``), the epoch's head statistics
+(``statistics``) and the learning-rate rules, one :class:`~lipschitz_lightning.math.rules.Rule`
+entry each (``rules``).
 
 Plain functions of numbers and tensors; nothing here imports Lightning.
 """
 
 from lipschitz_lightning.math.bounds import *  # noqa: F401,F403
 from lipschitz_lightning.math.bounds import __all__ as _bounds_all
+from lipschitz_lightning.math.statistics import *  # noqa: F401,F403
+from lipschitz_lightning.math.statistics import __all__ as _statistics_all
 from lipschitz_lightning.math.rules import *  # noqa: F401,F403
 from lipschitz_lightning.math.rules import __all__ as _rules_all
 
-__all__ = [*_bounds_all, *_rules_all]
+__all__ = [*_bounds_all, *_statistics_all, *_rules_all]

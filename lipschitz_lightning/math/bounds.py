@@ -38,6 +38,12 @@ __all__ = [
     "tikhonov_term",
     "second_moment_estimate",
     "is_valid_bound",
+    "loss_coefficient",
+    "gradient_entry_bound",
+    "frobenius_gradient_bound",
+    "HESSIAN_FACTORS",
+    "last_layer_smoothness",
+    "spectral_norm_upper_bound",
     "scale_columns_to_unit_sum",
     "estimate_weight_bound",
     "linear_regression_constant",
@@ -135,6 +141,88 @@ def is_valid_bound(value: Number) -> bool:
     """True if ``value`` may become ``1/L``: finite and strictly positive (spec section 2)."""
     v = float(value)
     return math.isfinite(v) and v > 0.0
+
+
+def loss_coefficient(loss: str, k: int, m: float, k_a: Number = 0.0, y_norm: Number = 0.0) -> Number:
+    """The factor ``c`` with ``L_data = c * K_z`` for the named loss (spec section 2).
+
+    ``(k-1)/(k m)`` for ``softmax_ce``, ``1/(2m)`` for ``bce``, ``(K_a - ||y||)/m`` for ``mse``.
+    """
+    if loss == "softmax_ce":
+        return softmax_ce_coefficient(k, m)
+    if loss == "bce":
+        return bce_coefficient(m)
+    if loss == "mse":
+        return least_squares_coefficient(k_a, y_norm, m)
+    raise ValueError(f"unknown loss {loss!r}; expected one of {list(LOSSES)}")
+
+
+# --- bounds of our own (docs/rules.md) ---------------------------------------------------------
+
+
+def gradient_entry_bound(column_l1_over_m: Number, weight_decay: Number = 0.0, head_abs_max: Number = 0.0) -> Number:
+    """A provable bound on every entry of ``dE/dW`` of the head (softmax CE or BCE, mean over m).
+
+    ``dE/dW_jl = 1/m sum_i (p_ij - y_ij) a_il`` with ``|p_ij - y_ij| <= 1``, so
+    ``|dE/dW_jl| <= 1/m sum_i |a_il| = ||A_:l||_1 / m``; the weight-decay gradient adds
+    ``lambda |W_jl| <= lambda max|W|``. Hence
+
+        G = max_l ||A_:l||_1 / m + lambda * max_jl |W_jl|
+
+    ``column_l1_over_m`` is ``max_l ||A_:l||_1 / m`` (the largest over the epoch's steps). It is at
+    most :func:`frobenius_gradient_bound` (Cauchy-Schwarz, and ``|a_il| <= ||A_i||``).
+    """
+    return column_l1_over_m + weight_decay * head_abs_max
+
+
+def frobenius_gradient_bound(a_frobenius: Number, row_norm_max: Number, m: float) -> Number:
+    """``min(||A||_F / sqrt(m), max_i ||A_i||)``: the Frobenius form of :func:`gradient_entry_bound`
+    (weaker, but needs only ``||A||_F`` and the largest row norm)."""
+    _check_batch(m)
+    return min(a_frobenius / math.sqrt(m), row_norm_max)
+
+
+#: Largest eigenvalue of the Hessian of the loss with respect to the logits, per example:
+#: ``diag(p) - p p^T`` (softmax) has eigenvalues at most 1/2 (Gershgorin: ``2 p_j (1 - p_j)``);
+#: ``sigma (1 - sigma)`` (BCE) is at most 1/4.
+HESSIAN_FACTORS = {"softmax_ce": 0.5, "bce": 0.25}
+
+
+def last_layer_smoothness(spectral_over_m: Number, loss: str, weight_decay: Number = 0.0) -> Number:
+    """``beta = h ||A||_2^2 / m + lambda``: the smoothness of the loss in the head's weights.
+
+    The head's Hessian is ``1/m sum_i H_i (x) a_i a_i^T`` with ``H_i <= h I``, so its norm is at
+    most ``h ||A^T A||_2 / m = h ||A||_2^2 / m``; L2 adds ``lambda``. ``spectral_over_m`` is the
+    epoch's largest ``||A||_2^2 / m`` (an upper estimate: :func:`spectral_norm_upper_bound`).
+
+    Raises:
+        ValueError: for a loss without a bounded Hessian factor (``mse`` needs none: its factor
+            is 1, but its curvature in the head is exactly ``||A||_2^2 / m``; not offered).
+    """
+    if loss not in HESSIAN_FACTORS:
+        raise ValueError(f"the smoothness bound is derived for {sorted(HESSIAN_FACTORS)}; got loss {loss!r}")
+    return HESSIAN_FACTORS[loss] * spectral_over_m + weight_decay
+
+
+def spectral_norm_upper_bound(gram: torch.Tensor, squarings: int = 5) -> torch.Tensor:
+    """An upper bound on the largest eigenvalue of a symmetric PSD matrix, on its device, no sync.
+
+    ``lambda_max(G) <= ||G^p||_F^(1/p)`` for ``p = 2^q`` (the Schatten-p norm), and the ratio to
+    ``lambda_max`` is at most ``rank^(1/p)`` (1.14 for rank 64 at ``q = 5``). Computed by ``q``
+    normalised squarings: with ``X_0 = G / tr G`` and ``X_j = X_{j-1}^2 / n_j``,
+    ``n_j = ||X_{j-1}^2||_F``, the bound is ``tr(G) * prod_j n_j^(2^-j)``. Cost: ``q d^3``.
+    """
+    g = gram.double() if gram.device.type == "cpu" else gram.float()
+    trace = g.diagonal().sum()
+    tiny = torch.finfo(g.dtype).tiny
+    x = g / trace.clamp_min(tiny)
+    log_bound = torch.log(trace.clamp_min(tiny))
+    for j in range(1, squarings + 1):
+        x = x @ x
+        n = torch.linalg.matrix_norm(x).clamp_min(tiny)
+        x = x / n
+        log_bound = log_bound + torch.log(n) / (2**j)
+    return torch.where(trace > 0, torch.exp(log_bound), torch.zeros_like(trace)).to(gram.dtype)
 
 
 # --- classical models (paper 4.1, 5.1, 5.2, 7.1): full batch, fixed rate 1/L -------------------

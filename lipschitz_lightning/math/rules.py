@@ -14,16 +14,37 @@ rate ``x``, as in the paper's section 7.3.1 and the reference code).
 
 With bias correction (paper 6.4, off by default) each EWMA is divided by ``1 - beta^t`` before
 use, ``t`` being the number of updates so far (1 after the first epoch).
+
+Beyond the paper (``docs/rules.md``): ``adamo_consistent`` (AdaMo with ``K`` seeded at ``1/x``),
+``gradbound`` (``1/G`` with a provable bound ``G`` on every gradient entry) and ``smooth``
+(``1/beta``, ``beta`` the smoothness of the loss in the head's weights, scaled for momentum).
+
+A rule is one :class:`Rule` entry of :data:`RULES`: its update, the bound it feeds the update
+with (:func:`epoch_bound`), its first-epoch default, the statistics it needs, how it seeds its
+state, the keys it logs and the optimizer it fits. The callback looks everything up there.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Tuple
+from typing import Callable, FrozenSet, Optional, Tuple, Union
+
+import torch
+
+from lipschitz_lightning.math import bounds
+from lipschitz_lightning.math.statistics import HeadStats
 
 __all__ = [
     "RULES",
+    "Rule",
+    "OptimizerFit",
+    "get_rule",
+    "epoch_bound",
+    "paper_bound",
+    "gradient_bound",
+    "smoothness_bound",
+    "momentum_step",
     "RuleState",
     "EpochStats",
     "RuleHyper",
@@ -74,11 +95,14 @@ class EpochStats:
 @dataclass(frozen=True)
 class RuleHyper:
     """Hyperparameters of a rule: ``betas`` is ``(beta1, beta2)``; one-beta rules use ``beta1``
-    (AdaMo) or ``beta2`` (RMSprop)."""
+    (AdaMo) or ``beta2`` (RMSprop). ``momentum`` and ``dampening`` are the SGD optimizer's (the
+    ``smooth`` rule scales its step by them)."""
 
     betas: Tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-7
     bias_correction: bool = False
+    momentum: float = 0.0
+    dampening: float = 0.0
 
 
 def ewma(previous: float, new: float, beta: float) -> float:
@@ -139,46 +163,230 @@ def auto_adam(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tuple[fl
     return lr, RuleState(K1=k1, K2=k2, t=t)
 
 
-Rule = Callable[[RuleState, EpochStats, RuleHyper], Tuple[float, RuleState]]
+def momentum_step(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tuple[float, RuleState]:
+    """``lr = (1 - mu) / ((1 - d) * L)``: a step of ``1/L`` in the steady state of SGD with momentum
+    ``mu`` and dampening ``d`` (whose velocity tends to ``(1 - d) / (1 - mu)`` times the gradient);
+    plain SGD and the EWMA velocity (``d = mu``) get ``1/L`` itself."""
+    scale = (1.0 - hyper.momentum) / (1.0 - hyper.dampening) if hyper.dampening < 1.0 else 1.0
+    return scale * _ratio(1.0, stats.L), replace(state, t=state.t + 1)
 
-#: Rule name -> update function (the names the callback and configs use).
+
+Update = Callable[[RuleState, EpochStats, RuleHyper], Tuple[float, RuleState]]
+Bound = Callable[[HeadStats, str, int, float], EpochStats]
+
+
+# --- the bound each rule feeds its update with ------------------------------------------------
+
+
+def paper_bound(stats: HeadStats, loss: str, k: int, weight_decay: float) -> EpochStats:
+    """The paper's ``L = c K_z + lambda W`` and ``G2`` (spec sections 2-3)."""
+    m = max(stats.m, 1.0)
+    coefficient = bounds.loss_coefficient(loss, k, m, stats.k_a, stats.y_norm)
+    L = coefficient * stats.k_z + bounds.l2_term(weight_decay, stats.w_max)
+    G2 = bounds.second_moment_estimate(coefficient, stats.k_z, stats.s, weight_decay, stats.w_max)
+    return EpochStats(L=L, G2=G2, k_z=stats.k_z)
+
+
+def gradient_bound(stats: HeadStats, loss: str, k: int, weight_decay: float) -> EpochStats:
+    """``G = max_l ||A_:l||_1 / m + lambda max|W|``: provably >= every entry of the head's gradient
+    (:func:`~lipschitz_lightning.math.bounds.gradient_entry_bound`)."""
+    G = bounds.gradient_entry_bound(stats.column_l1, weight_decay, stats.head_abs_max)
+    return EpochStats(L=G, G2=G * G, k_z=stats.k_z)
+
+
+def smoothness_bound(stats: HeadStats, loss: str, k: int, weight_decay: float) -> EpochStats:
+    """``beta = h ||A||_2^2 / m + lambda`` (:func:`~lipschitz_lightning.math.bounds.last_layer_smoothness`)."""
+    beta = bounds.last_layer_smoothness(stats.spectral, loss, weight_decay)
+    return EpochStats(L=beta, G2=0.0, k_z=stats.k_z)
+
+
+# --- the optimizer a rule fits ------------------------------------------------------------------
+
+
+def _sgd_momentum(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0].get("momentum", 0.0) or 0.0)
+
+
+@dataclass(frozen=True)
+class OptimizerFit:
+    """Which torch optimizer a rule schedules, and where its betas come from.
+
+    Attributes:
+        needs: what to tell a user whose optimizer does not fit.
+        fits: ``optimizer -> bool``.
+        betas: ``param_group -> (beta1, beta2)``.
+        advice: ``param_group -> message or None``: a fitting but doubtful setting (warned).
+    """
+
+    needs: str
+    fits: Callable[[torch.optim.Optimizer], bool]
+    betas: Callable[[dict], Tuple[float, float]] = lambda group: (0.9, 0.999)
+    advice: Callable[[dict], Optional[str]] = lambda group: None
+
+
+def _ewma_velocity_advice(group: dict) -> Optional[str]:
+    momentum, dampening = group.get("momentum", 0.0), group.get("dampening", 0.0)
+    if dampening != momentum:
+        return (
+            f"SGD(momentum={momentum}, dampening={dampening}) is not the EWMA velocity "
+            f"v <- b v + (1-b) g the paper assumes; use dampening={momentum}"
+        )
+    return None
+
+
+PLAIN_SGD = OptimizerFit(
+    "torch.optim.SGD without momentum",
+    lambda o: isinstance(o, torch.optim.SGD) and _sgd_momentum(o) == 0,
+)
+MOMENTUM_SGD = OptimizerFit(
+    "torch.optim.SGD with momentum > 0",
+    lambda o: isinstance(o, torch.optim.SGD) and _sgd_momentum(o) > 0,
+    betas=lambda g: (float(g["momentum"]), 0.999),
+    advice=_ewma_velocity_advice,
+)
+ANY_SGD = OptimizerFit("torch.optim.SGD", lambda o: isinstance(o, torch.optim.SGD))
+RMSPROP = OptimizerFit(
+    "torch.optim.RMSprop",
+    lambda o: isinstance(o, torch.optim.RMSprop),
+    betas=lambda g: (0.9, float(g["alpha"])),
+)
+ADAM = OptimizerFit(
+    "torch.optim.Adam or torch.optim.AdamW",
+    lambda o: isinstance(o, (torch.optim.Adam, torch.optim.AdamW)),
+    betas=lambda g: (float(g["betas"][0]), float(g["betas"][1])),
+)
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+
+def _zero_seed(first_epoch_lr: float, probe_L: Optional[float]) -> RuleState:
+    return RuleState()
+
+
+def _paper_adamo_seed(first_epoch_lr: float, probe_L: Optional[float]) -> RuleState:
+    """Paper 7.3.1 and the reference code: ``K_0 = x``; from a probe, ``K_0 = L`` of the probe."""
+    return RuleState(K1=float(probe_L if probe_L is not None else first_epoch_lr))
+
+
+def _consistent_adamo_seed(first_epoch_lr: float, probe_L: Optional[float]) -> RuleState:
+    """``K`` is a Lipschitz constant whose inverse is the rate: ``K_0 = 1/x``."""
+    return RuleState(K1=1.0 / float(first_epoch_lr))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Everything about one learning-rate rule, in one place.
+
+    Attributes:
+        name: the name configs and the callback use.
+        summary: one line for docs and errors.
+        update: ``(state, epoch_stats, hyper) -> (lr, new_state)``.
+        bound: ``(head_stats, loss, k, weight_decay) -> EpochStats``: the epoch's bound.
+        optimizer: the torch optimizer it schedules and its betas.
+        first_epoch_lr: the first-epoch rate without an override: a float, or ``"auto"`` (the
+            rule's first update on a no-grad probe of the initial weights).
+        seed: ``(first_epoch_lr, probe_L or None) -> RuleState`` before the first update.
+        statistics: which optional step columns it needs: ``"A4"`` (S), ``"colabs"``, ``"spec"``.
+        logged: the state fields logged as ``lipschitz/<field>``.
+        losses: the losses its bound is derived for.
+        bounds_gradient: its ``L`` bounds the gradient's entries (so ``grad_max_over_L`` is logged).
+        single_beta: which of ``(beta1, beta2)`` a single ``betas=`` float sets.
+        guard: whether the rollback guard is on by default.
+        first_epoch_checks: whether the first epoch's rate is re-checked at steps 1, 2, 4, 8, ...
+            of that epoch (and only ever lowered) by default.
+        paper: one of the paper's four rules (kept exactly as published).
+    """
+
+    name: str
+    summary: str
+    update: Update
+    bound: Bound
+    optimizer: OptimizerFit
+    first_epoch_lr: Union[float, str] = "auto"
+    seed: Callable[[float, Optional[float]], RuleState] = _zero_seed
+    statistics: FrozenSet[str] = frozenset()
+    logged: Tuple[str, ...] = ()
+    losses: Tuple[str, ...] = bounds.LOSSES
+    bounds_gradient: bool = True
+    single_beta: int = 0
+    guard: bool = False
+    first_epoch_checks: bool = False
+    paper: bool = False
+
+
+_CLASSIFICATION = ("softmax_ce", "bce")
+
+#: Rule name -> its description (the names the callback and ``conf/optim`` use).
 RULES: dict[str, Rule] = {
-    "sgd": adaptive_sgd,
-    "adamo": adamo,
-    "rmsprop": adaptive_rmsprop,
-    "adam": auto_adam,
+    rule.name: rule
+    for rule in (
+        Rule("sgd", "adaptive SGD (paper): lr = 1/L", adaptive_sgd, paper_bound, PLAIN_SGD, paper=True),
+        Rule("adamo", "AdaMo (paper Algorithm 1): K <- b K + (1-b) L, lr = 1/K, K_0 = x", adamo, paper_bound,
+             MOMENTUM_SGD, first_epoch_lr=0.1, seed=_paper_adamo_seed, logged=("K1",), paper=True),
+        Rule("rmsprop", "adaptive RMSprop (reference code): lr = (sqrt(K2)+eps)/K_z", adaptive_rmsprop,
+             paper_bound, RMSPROP, statistics=frozenset({"A4"}), logged=("K2",), single_beta=1, paper=True),
+        Rule("adam", "Auto-Adam (paper Algorithm 3): lr = (sqrt(K2)+eps)/K1", auto_adam, paper_bound, ADAM,
+             first_epoch_lr=1e-3, statistics=frozenset({"A4"}), logged=("K1", "K2"), paper=True),
+        Rule("adamo_consistent", "AdaMo with K seeded at 1/x, the Lipschitz constant of the first rate",
+             adamo, paper_bound, MOMENTUM_SGD, first_epoch_lr=0.1, seed=_consistent_adamo_seed,
+             logged=("K1",), guard=True),
+        Rule("gradbound", "lr = 1/G, G a provable bound on every entry of the head's gradient", adaptive_sgd,
+             gradient_bound, PLAIN_SGD, statistics=frozenset({"colabs"}), losses=_CLASSIFICATION,
+             guard=True, first_epoch_checks=True),
+        Rule("smooth", "lr = (1-mu)/((1-d) beta), beta = ||A||_2^2/(2m) + lambda, the head's smoothness",
+             momentum_step, smoothness_bound, ANY_SGD, statistics=frozenset({"spec"}), losses=_CLASSIFICATION,
+             bounds_gradient=False, guard=True, first_epoch_checks=True),
+    )
 }
 
-#: The first-epoch rate each rule uses without an override: "auto" = computed from a probe of the
-#: initial weights; AdaMo and Auto-Adam use the paper's fixed values (7.3.1, spec section 3).
-_DEFAULT_FIRST_EPOCH = {"sgd": "auto", "adamo": 0.1, "rmsprop": "auto", "adam": 1e-3}
+
+def get_rule(name: str) -> Rule:
+    """The :class:`Rule` called ``name``.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    if name not in RULES:
+        raise ValueError(f"unknown rule {name!r}; expected one of {sorted(RULES)}")
+    return RULES[name]
 
 
 def _check_rule(rule: str) -> None:
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; expected one of {sorted(RULES)}")
+    get_rule(rule)
+
+
+def epoch_bound(rule: str, stats: HeadStats, loss: str, k: int, weight_decay: float) -> EpochStats:
+    """The epoch's bound (``L``, ``G2``, ``K_z``) that ``rule`` feeds its update with: the one
+    function training and the tests both call.
+
+    Example (paper 7.4)::
+
+        epoch_bound("sgd", HeadStats(k_z=206.695, m=128, w_max=43.257), "softmax_ce", 10, 1e-3).L
+        # 1.4966 -> lr 0.668
+    """
+    return get_rule(rule).bound(stats, loss, k, weight_decay)
 
 
 def next_rate(
     rule: str, state: RuleState, stats: EpochStats, hyper: RuleHyper
 ) -> Tuple[float, RuleState]:
     """Rate for the next epoch and the updated state, for the named rule."""
-    _check_rule(rule)
-    return RULES[rule](state, stats, hyper)
+    return get_rule(rule).update(state, stats, hyper)
 
 
-def initial_state(rule: str, first_epoch_lr: Optional[float]) -> RuleState:
-    """State before the first update: zeros, except AdaMo's ``K`` seeded with ``x``."""
-    _check_rule(rule)
-    if rule == "adamo" and first_epoch_lr is not None:
-        return RuleState(K1=float(first_epoch_lr))
-    return RuleState()
+def initial_state(rule: str, first_epoch_lr: Optional[float], probe_L: Optional[float] = None) -> RuleState:
+    """State before the first update (``rule``'s seed): zeros, except AdaMo's ``K`` (``x``, or the
+    probe's ``L``; ``1/x`` for ``adamo_consistent``)."""
+    entry = get_rule(rule)
+    if first_epoch_lr is None:
+        return RuleState()
+    return entry.seed(first_epoch_lr, probe_L)
 
 
 def default_first_epoch_lr(rule: str) -> float | str:
-    """The paper's first-epoch choice for ``rule``: a float, or ``"auto"`` (probe)."""
-    _check_rule(rule)
-    return _DEFAULT_FIRST_EPOCH[rule]
+    """The first-epoch choice of ``rule``: a float, or ``"auto"`` (probe)."""
+    return get_rule(rule).first_epoch_lr
 
 
 def apply_caps(

@@ -1,0 +1,285 @@
+"""Gathering the head statistics for ``LipschitzLR``: hooks, the probe pass, the epoch's reduction.
+
+The per-step path is traceable by ``torch.compile``: the head's forward pre-hook adds its
+statistics *in place* into one preallocated device vector (``_acc``, and the ``d x d`` Gram
+matrix ``_gram`` for the smoothness rule). It reads no Python state that changes from step to
+step (only ``_recording``, which is ``True`` in every training step), so a compiled model is
+compiled once for training. Eager code in ``on_train_batch_end`` closes each optimizer step: it
+copies the accumulator into the epoch's list of step vectors and zeroes it. Nothing moves to the
+host per step and no collective runs per step.
+
+A step enters the list only once its optimizer step has run, so a checkpoint written by a crash
+mid-step holds exactly the statistics of the finished steps (``on_exception``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional, Tuple
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from lipschitz_lightning.math.bounds import spectral_norm_upper_bound
+from lipschitz_lightning.math.statistics import A2, LOSS, NLOSS, OUT2, ROWS, Y2, HeadStats, StepLayout, summarize_steps
+
+__all__ = ["LipschitzLRError", "HeadGathering", "find_head"]
+
+
+class LipschitzLRError(ValueError):
+    """LipschitzLR cannot produce a usable rate (e.g. the probe's bound is not positive, or the
+    guard rolled back too often); the message says what to set."""
+
+
+def find_head(module: nn.Module, name: Optional[str] = None) -> Tuple[str, nn.Linear]:
+    """Return ``(name, layer)`` of the head: the named module, else the last ``nn.Linear``.
+
+    Raises:
+        ValueError: no ``nn.Linear`` in the model, or the named module is missing or not linear.
+    """
+    modules = dict(module.named_modules())
+    if name is not None:
+        if name not in modules:
+            linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+            raise ValueError(
+                f"LipschitzLR: head {name!r} does not exist in {type(module).__name__}; "
+                f"its nn.Linear modules are {linears}"
+            )
+        if not isinstance(modules[name], nn.Linear):
+            raise ValueError(
+                f"LipschitzLR: head {name!r} is a {type(modules[name]).__name__}, not an nn.Linear"
+            )
+        return name, modules[name]
+    linears = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(
+            f"LipschitzLR needs a model ending in an nn.Linear head; "
+            f"{type(module).__name__} has no nn.Linear"
+        )
+    return linears[-1]
+
+
+class HeadGathering:
+    """The gathering half of :class:`~lipschitz_lightning.callbacks.LipschitzLR` (a mixin).
+
+    Set by the scheduling half: ``head_name``, ``loss``, ``source``, ``probe_batches``,
+    ``init_probe_batches`` and ``_layout_needs`` (the rule's optional statistics).
+    """
+
+    head_name: Optional[str]
+    loss: str
+    source: str
+    probe_batches: Optional[int]
+    init_probe_batches: int
+    _layout_needs: frozenset
+
+    def _init_gathering(self) -> None:
+        self._head: Optional[nn.Linear] = None
+        self._handles: List[Any] = []
+        self._layout = StepLayout()
+        self._needs_s = False
+        self._acc: Optional[torch.Tensor] = None  # the current optimizer step's sums
+        self._gram: Optional[torch.Tensor] = None  # the current optimizer step's A^T A
+        self._steps: List[torch.Tensor] = []  # the epoch's finished steps
+        self._grad_max: Optional[torch.Tensor] = None
+        self._recording = False
+        self._micro_done = 0  # micro-batches of this epoch whose on_train_batch_end ran
+
+    # ------------------------------------------------------------------ wiring
+
+    def _install_hooks(self, pl_module: pl.LightningModule) -> None:
+        self.head_name, self._head = find_head(pl_module, self.head_name)
+        self._needs_s = "A4" in self._layout_needs
+        self._layout = StepLayout(
+            width=self._head.in_features, colabs="colabs" in self._layout_needs, spec="spec" in self._layout_needs
+        )
+        self._remove_hooks()
+        self._handles.append(self._head.register_forward_pre_hook(self._record_input))
+        if self.loss == "mse":
+            self._handles.append(self._head.register_forward_hook(self._record_output))
+
+    def _allocate(self, device: torch.device) -> None:
+        """The step accumulators, once per fit, on the model's device (never inside the hook)."""
+        self._acc = torch.zeros(self._layout.size, device=device, dtype=torch.float32)
+        d = self._layout.width
+        self._gram = torch.zeros(d, d, device=device, dtype=torch.float32) if self._layout.spec else None
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # ------------------------------------------------------------------ per-step path (traceable, no sync)
+
+    def _record_input(self, module: nn.Module, args: Tuple[Any, ...]) -> None:
+        if not self._recording:
+            return
+        a = args[0].detach().float()
+        a = a.reshape(1, -1) if a.dim() < 2 else a
+        a2 = a.square()
+        rows = a.new_ones(a.shape[0]).sum()
+        a4 = a2.square().sum() if self._needs_s else a2.new_zeros(())
+        self._acc[A2 : ROWS + 1].add_(torch.stack([a2.sum(), a4, rows]))  # A2, A4, ROWS are adjacent
+        if self._layout.colabs or self._layout.spec:
+            flat = a.reshape(-1, a.shape[-1])
+            if self._layout.colabs:
+                self._acc[self._layout.colabs_slice].add_(flat.abs().sum(dim=0))
+            if self._layout.spec:
+                self._gram.add_(flat.T @ flat)
+
+    def _record_output(self, module: nn.Module, args: Tuple[Any, ...], output: torch.Tensor) -> None:
+        if self._recording:
+            self._acc[OUT2].add_(output.detach().float().square().sum())
+
+    # ------------------------------------------------------------------ eager per-step bookkeeping
+
+    def _record_targets(self, batch: Any) -> None:
+        if self.loss != "mse":
+            return
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2 or not torch.is_tensor(batch[1]):
+            raise LipschitzLRError("LipschitzLR(loss='mse') needs batches of the form (inputs, targets, ...)")
+        self._acc[Y2].add_(batch[1].detach().float().square().sum())
+
+    def _record_loss(self, outputs: Any) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if torch.is_tensor(loss) and loss.numel() == 1:
+            self._acc[LOSS].add_(loss.detach().float().reshape(()))
+            self._acc[NLOSS].add_(1.0)
+
+    def _commit_step(self) -> None:
+        """Close an optimizer step: its vector joins the epoch's list; the accumulators restart."""
+        step = self._acc.clone()
+        if self._layout.spec:
+            step[self._layout.spec_index] = spectral_norm_upper_bound(self._gram)
+            self._gram.zero_()
+        self._steps.append(step)
+        self._acc.zero_()
+
+    def _discard_in_flight(self) -> None:
+        """Drop the statistics of a step that did not finish (its gradient is lost as well)."""
+        if self._acc is not None:
+            self._acc.zero_()
+        if self._gram is not None:
+            self._gram.zero_()
+
+    def _reset_epoch(self) -> None:
+        self._steps = []
+        self._grad_max = None
+        self._micro_done = 0
+        self._discard_in_flight()
+
+    # ------------------------------------------------------------------ probe
+
+    def _run_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, initial: bool) -> None:
+        """No-grad forward passes that feed the same per-step gathering as training.
+
+        ``initial``: the first-epoch probe over a few *training* batches, in train mode (the
+        activations training will see), with RNG and buffers (BatchNorm statistics) restored
+        afterwards. Otherwise the ``source='probe'`` pass over ``probe_dataloader()`` in eval mode
+        (the reference code's Keras ``predict``). Under DDP rank r takes loader batches r, r+N, ...
+        and every rank runs the same number of steps.
+        """
+        world = trainer.world_size
+        accumulate = trainer.accumulate_grad_batches
+        if initial:
+            loader = trainer.train_dataloader
+            max_batches = self.init_probe_batches
+            sharded = True  # the training loader already carries the DistributedSampler
+        else:
+            loader = trainer.datamodule.probe_dataloader()
+            max_batches = self.probe_batches
+            sharded = False
+        if loader is None:
+            raise LipschitzLRError("LipschitzLR: no training data to probe; pass first_epoch_lr=<number>")
+        was_training = pl_module.training
+        buffers = {name: b.detach().clone() for name, b in pl_module.named_buffers()} if initial else {}
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        self._steps = []
+        self._discard_in_flight()
+        n_local = 0
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                pl_module.train(initial)
+                self._recording = True
+                for j, batch in enumerate(loader):
+                    rank_batch = j if sharded else j // world
+                    if not sharded and j % world != trainer.global_rank:
+                        continue
+                    if max_batches is not None and rank_batch >= max_batches:
+                        break
+                    batch = trainer.strategy.batch_to_device(batch, pl_module.device)
+                    self._record_targets(batch)
+                    pl_module(batch[0] if isinstance(batch, (list, tuple)) else batch)
+                    n_local += 1
+                    if n_local % accumulate == 0:
+                        self._commit_step()
+                if n_local % accumulate:
+                    self._commit_step()
+        finally:
+            self._recording = False
+            pl_module.train(was_training)
+            with torch.no_grad():
+                for name, b in pl_module.named_buffers():
+                    if name in buffers:
+                        b.copy_(buffers[name])
+        if n_local == 0:
+            raise LipschitzLRError("LipschitzLR: the probe saw no batches; pass first_epoch_lr=<number>")
+        if not sharded:
+            # Keep only whole steps so that every rank contributes the same number of entries.
+            n_total = len(loader) if max_batches is None else min(len(loader), max_batches * world)
+            n_steps = max(1, n_total // (world * accumulate))
+            self._steps = self._steps[:n_steps]
+            while len(self._steps) < n_steps:
+                self._steps.append(torch.zeros(self._layout.size, device=pl_module.device))
+
+    # ------------------------------------------------------------------ the epoch's reduction
+
+    def _gather(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> HeadStats:
+        """Reduce the finished steps across ranks (one collective, one host transfer) into the
+        epoch's :class:`~lipschitz_lightning.math.statistics.HeadStats`."""
+        device = pl_module.device
+        size = self._layout.size
+        steps = torch.stack(self._steps).to(device) if self._steps else torch.zeros(1, size, device=device)
+        with torch.no_grad():
+            w_max = torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in pl_module.parameters()]).max()
+            head_abs = self._head.weight.detach().float().abs().max()
+        grad = self._grad_max if self._grad_max is not None else torch.full((), math.nan, device=device)
+        packed = torch.cat([steps.flatten(), w_max.reshape(1), head_abs.reshape(1).to(device), grad.reshape(1).to(device)])
+        world = trainer.world_size
+        if world > 1:
+            packed = trainer.strategy.reduce(packed, reduce_op="sum")
+        values = packed.double().cpu()  # the one host transfer of the epoch
+        # W, the head's weights and its gradient are identical on every rank (DDP keeps replicas in sync).
+        return summarize_steps(
+            values[:-3].reshape(-1, size),
+            self._layout,
+            w_max=float(values[-3]) / world,
+            head_abs_max=float(values[-2]) / world,
+            grad_max=float(values[-1]) / world,
+        )
+
+    # ------------------------------------------------------------------ checkpoint helpers
+
+    def _pending_state(self) -> dict:
+        return {
+            "pending_steps": [s.detach().cpu() for s in self._steps],
+            "pending_grad_max": self._grad_max.detach().cpu() if self._grad_max is not None else None,
+            "micro_done": self._micro_done,
+        }
+
+    def _load_pending(self, state_dict: dict) -> None:
+        steps = list(state_dict.get("pending_steps", []))
+        if steps and "micro_done" not in state_dict:
+            steps = [_from_old_layout(s, int(state_dict.get("local_batch", 0))) for s in steps]
+        self._steps = steps
+        self._grad_max = state_dict.get("pending_grad_max")
+        self._micro_done = int(state_dict.get("micro_done", len(steps)))
+
+
+def _from_old_layout(step: torch.Tensor, rows: int) -> torch.Tensor:
+    """A step vector of the first checkpoint format (A2, A4, OUT2, Y2; m from ``local_batch``)."""
+    new = torch.zeros(NLOSS + 1)
+    new[A2], new[A2 + 1], new[OUT2], new[Y2] = step[0], step[1], step[2], step[3]
+    new[ROWS] = rows
+    return new
