@@ -95,6 +95,35 @@ class ToyDataModule(pl.LightningDataModule):
         return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
 
 
+class ResumableLoader(DataLoader):
+    """An unshuffled loader that resumes mid-epoch where Lightning does: after the batches its
+    epoch loop has processed (Lightning saves ``state_dict`` of a loader that has one)."""
+
+    def __init__(self, dataset, batch_size: int, processed: Callable[[], int]):
+        super().__init__(dataset, batch_size=batch_size, shuffle=False)
+        self._processed = processed
+        self._skip = 0
+
+    def state_dict(self) -> dict:
+        return {"skip": int(self._processed())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._skip = int(state.get("skip", 0))
+
+    def __iter__(self):
+        it = super().__iter__()
+        for _ in range(self._skip):
+            next(it)
+        self._skip = 0
+        return it
+
+
+class ResumableDataModule(ToyDataModule):
+    def train_dataloader(self):
+        progress = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
+        return ResumableLoader(self.dataset, self.batch_size, progress)
+
+
 class RateRecorder(pl.Callback):
     """Records the optimizer's rate at each epoch's first step, and writes it per rank if asked."""
 

@@ -17,6 +17,7 @@ from lipschitz_lightning.callbacks import LipschitzLRError
 from tests.lipschitz_toys import (
     OPTIMIZERS,
     RateRecorder,
+    ResumableDataModule,
     ToyDataModule,
     ToyModule,
     ToyNet,
@@ -421,6 +422,54 @@ def test_interrupted_epoch_keeps_its_statistics(tmp_path):
         toy("sgd", seed=7), datamodule=data, ckpt_path=str(tmp_path / "on_exception.ckpt"))
     assert resumed.stats[0]["K_z"] == pytest.approx(full.stats[0]["K_z"], rel=1e-6)
     assert resumed.stats[0]["next_lr"] == pytest.approx(full.rates[1], rel=1e-4)
+
+
+class Interrupt(pl.Callback):
+    """Stops a run in epoch 1, step 2: by Ctrl-C after the backward pass but before the optimizer
+    step (``before_step``), or by a crash in ``on_train_batch_end`` after the step, before
+    LipschitzLR's own ``on_train_batch_end`` has run (``after_step``; listed before it)."""
+
+    def __init__(self, where):
+        self.where = where
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.where == "before_step" and trainer.current_epoch == 1 and trainer.global_step == 7:
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.where == "after_step" and trainer.current_epoch == 1 and batch_idx == 2:
+            raise RuntimeError("crash after the optimizer step")
+
+
+@pytest.mark.parametrize("where", ["before_step", "after_step"])
+def test_resume_from_an_interruption_mid_step_continues_the_same_rates(tmp_path, where):
+    """The on-exception checkpoint holds the statistics of exactly the steps that finished, so the
+    resumed run logs the rates (and takes the optimizer steps) of an uninterrupted one."""
+    data = make_data(n=80)  # 5 steps of 16 per epoch, unshuffled
+
+    def run(callbacks, seed=0, **kwargs):
+        rates = RateRecorder()
+        t = trainer([*callbacks, rates], max_epochs=4, enable_checkpointing=True, **kwargs)
+        t.fit(toy("adamo", seed=seed), datamodule=ResumableDataModule(data, 16))
+        return t, rates
+
+    full_trainer, full = run([LipschitzLR(rule="adamo")], default_root_dir=tmp_path / "full")
+
+    interrupted = [Interrupt(where), LipschitzLR(rule="adamo"), OnExceptionCheckpoint(dirpath=tmp_path)]
+    with pytest.raises(SystemExit if where == "before_step" else RuntimeError):
+        run(interrupted, default_root_dir=tmp_path / "a")
+    checkpoint = torch.load(tmp_path / "on_exception.ckpt", weights_only=False)
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("LipschitzLR")]
+    assert len(state["pending_steps"]) == (2 if where == "before_step" else 3)  # the finished steps of epoch 1
+
+    resumed = RateRecorder()
+    t = trainer([LipschitzLR(rule="adamo"), resumed], max_epochs=4, enable_checkpointing=True,
+                default_root_dir=tmp_path / "b")
+    t.fit(toy("adamo", seed=7), datamodule=ResumableDataModule(data, 16), ckpt_path=str(tmp_path / "on_exception.ckpt"))
+    assert t.global_step == full_trainer.global_step == 20  # no step lost, none taken twice
+    assert [s["lr"] for s in resumed.stats] == pytest.approx([s["lr"] for s in full.stats[1:]], rel=1e-6)
+    assert [s["K_z"] for s in resumed.stats] == pytest.approx([s["K_z"] for s in full.stats[1:]], rel=1e-6)
+    assert resumed.stats[-1]["next_lr"] == pytest.approx(full.stats[-1]["next_lr"], rel=1e-6)
 
 
 # --------------------------------------------------------------------------- DDP (gloo, CPU)
