@@ -1,9 +1,11 @@
 """Benchmark: what does the LipschitzLR callback cost per training step?
 
-Trains ResNet20 on random CIFAR-shaped data (batch 128 by default) three ways, interleaved
+Trains ResNet20 on random CIFAR-shaped data (batch 128 by default) several ways, interleaved
 round by round with the same seed: without the callback (plain SGD at a fixed rate), with the
-callback in hook mode (the default), and with the callback in probe mode (the reference code's
-extra pass over the un-augmented training data each epoch). It prints:
+callback in hook mode (the default), with the callback in probe mode (the reference code's
+extra pass over the un-augmented training data each epoch), and the pairs without / with the
+callback for a ``torch.compile``d network (``compiled``) and for ``precision="bf16-mixed"``
+(``bf16``). Each pair's ratio is measured side by side in the same run. It prints:
 
 * the median per-step time of each mode and its ratio to the run without the callback
   (steps timed from one ``on_train_batch_start`` to the next, so the callback's per-step hooks are
@@ -13,10 +15,15 @@ extra pass over the un-augmented training data each epoch). It prints:
 * the memory the callback holds: the bytes of its per-step statistics at the end of an epoch,
   and, on CUDA, the difference in peak allocated memory.
 
+The compiled runs are timed after their warm-up steps (the compilation); their per-step time
+inside the callback is not measured directly (timing inside the compiled forward would break
+its graph), only the wall-clock ratio.
+
 Usage::
 
     python scripts/bench_callback_overhead.py                 # CPU, 12 steps per run, 3 rounds
     python scripts/bench_callback_overhead.py --device cuda --steps 100 --rounds 5
+    python scripts/bench_callback_overhead.py --modes compiled,compiled+hooks --warmup 4
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Dict, List
 
 import pytorch_lightning as pl
 import torch
+import torch._dynamo
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -120,7 +128,8 @@ class CallbackClock:
         finish = lipschitz._finish_epoch
 
         def finish_epoch(*args):
-            held = list(lipschitz._steps) + ([lipschitz._grad_max] if lipschitz._grad_max is not None else [])
+            held = list(lipschitz._steps) + [t for t in (lipschitz._grad_max, lipschitz._acc, lipschitz._gram)
+                                             if t is not None]
             self.bytes = sum(t.numel() * t.element_size() for t in held)
             return finish(*args)
 
@@ -154,21 +163,41 @@ class CallbackClock:
     _nested = 0.0
 
 
+#: mode -> (callback source or None, torch.compile the network, precision)
+MODES = {
+    "none": (None, False, "32-true"),
+    "hooks": ("hooks", False, "32-true"),
+    "probe": ("probe", False, "32-true"),
+    "compiled": (None, True, "32-true"),
+    "compiled+hooks": ("hooks", True, "32-true"),
+    "bf16": (None, False, "bf16-mixed"),
+    "bf16+hooks": ("hooks", False, "bf16-mixed"),
+}
+#: mode -> the mode it is compared with
+BASELINES = {"hooks": "none", "probe": "none", "compiled+hooks": "compiled", "bf16+hooks": "bf16"}
+
+
 def run(mode: str, args: argparse.Namespace, device: torch.device) -> Dict[str, float]:
+    source, compiled, precision = MODES[mode]
     timer = StepTimer(device)
     callbacks: List[pl.Callback] = [timer]
     clock = None
-    if mode != "none":
-        lipschitz = LipschitzLR(rule="sgd", loss="softmax_ce", first_epoch_lr=0.01, source=mode)
-        clock = CallbackClock(lipschitz, device)
+    if source is not None:
+        lipschitz = LipschitzLR(rule=args.rule, loss="softmax_ce", first_epoch_lr=0.01, source=source)
+        if not compiled:
+            clock = CallbackClock(lipschitz, device)
         callbacks.append(lipschitz)
     trainer = pl.Trainer(
         accelerator=device.type, devices=1, max_epochs=1, limit_train_batches=args.steps, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=callbacks, num_sanity_val_steps=0,
+        callbacks=callbacks, num_sanity_val_steps=0, precision=precision,
     )
     data = Data(args.steps * args.batch_size, args.batch_size, args.seed)
-    trainer.fit(Classifier(args.seed), datamodule=data)
+    module = Classifier(args.seed)
+    if compiled:
+        torch._dynamo.reset()
+        module.net = torch.compile(module.net)
+    trainer.fit(module, datamodule=data)
     steps = [b - a for a, b in zip(timer.starts[:-1], timer.starts[1:])]
     timed = steps[args.warmup:-1]  # the last interval holds the epoch-end work
     n_steps = len(steps)
@@ -192,6 +221,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three modes")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rule", default="sgd", help="LipschitzLR rule of the runs with the callback")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {list(MODES)}")
     args = parser.parse_args()
     if args.steps <= args.warmup + 1:
         parser.error("--steps must exceed --warmup + 1")
@@ -199,40 +230,50 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
 
-    modes = ["none", "hooks", "probe"]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        parser.error(f"unknown modes {unknown}; expected some of {list(MODES)}")
+    for mode in list(modes):  # every compared mode brings its baseline
+        if mode in BASELINES and BASELINES[mode] not in modes:
+            modes.insert(0, BASELINES[mode])
     results: Dict[str, List[Dict[str, float]]] = {m: [] for m in modes}
     for r in range(args.rounds):
         # alternate the order round by round so that a slow drift of the machine cancels out
         for mode in modes if r % 2 == 0 else modes[::-1]:
             results[mode].append(run(mode, args, device))
-            print(f"round {r + 1}/{args.rounds} {mode:>5}: median step {results[mode][-1]['step'] * 1e3:8.1f} ms,"
+            print(f"round {r + 1}/{args.rounds} {mode:>14}: median step {results[mode][-1]['step'] * 1e3:8.1f} ms,"
                   f" epoch {results[mode][-1]['epoch']:7.2f} s", flush=True)
 
     def median(mode: str, key: str) -> float:
         return statistics.median(x[key] for x in results[mode])
 
-    print(f"\nResNet20, batch {args.batch_size}, {args.steps} steps/run, {args.rounds} interleaved rounds, "
-          f"device {device.type}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("wall clock, median over rounds:")
-    print(f"{'mode':>6} {'step ms':>9} {'step ratio':>11} {'epoch s':>9} {'epoch ratio':>12} {'held bytes':>11}")
-    base_step, base_epoch = median("none", "step"), median("none", "epoch")
+    print(f"\nResNet20, batch {args.batch_size}, {args.steps} steps/run ({args.warmup} warm-up), {args.rounds} "
+          f"interleaved rounds, rule {args.rule}, device {device.type}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print("wall clock, median over rounds; ratio = mode / its baseline measured in the same rounds:")
+    print(f"{'mode':>14} {'baseline':>9} {'step ms':>9} {'step ratio':>11} {'epoch s':>9} {'epoch ratio':>12} {'held bytes':>11}")
     for mode in modes:
+        base = BASELINES.get(mode, mode)
         step, epoch = median(mode, "step"), median(mode, "epoch")
-        print(f"{mode:>6} {step * 1e3:9.1f} {step / base_step:11.4f} {epoch:9.2f} {epoch / base_epoch:12.4f}"
-              f" {median(mode, 'held_bytes'):11.0f}")
-    print("time inside the callback (measured directly):")
-    for mode in ("hooks", "probe"):
+        print(f"{mode:>14} {base:>9} {step * 1e3:9.1f} {step / median(base, 'step'):11.4f} {epoch:9.2f}"
+              f" {epoch / median(base, 'epoch'):12.4f} {median(mode, 'held_bytes'):11.0f}")
+    print("time inside the callback (measured directly, eager modes):")
+    for mode in modes:
+        if mode not in BASELINES or MODES[mode][1]:
+            continue
+        base_step = median(BASELINES[mode], "step")
         inside = median(mode, "inside_per_step")
         end = median(mode, "epoch_end")
-        print(f"{mode:>6}: {inside * 1e6:8.1f} us per step = {inside / base_step * 100:.3f}% of a step without it;"
+        print(f"{mode:>14}: {inside * 1e6:8.1f} us per step = {inside / base_step * 100:.3f}% of a step without it;"
               f" epoch end {end * 1e3:8.1f} ms = {end / (base_step * args.steps) * 100:.2f}% of a {args.steps}-step epoch")
     # per-round paired ratios show the spread
-    for mode in ("hooks", "probe"):
-        ratios = [a["step"] / b["step"] for a, b in zip(results[mode], results["none"])]
-        print(f"per-round step ratio {mode}: " + ", ".join(f"{x:.4f}" for x in ratios))
+    for mode in modes:
+        if mode in BASELINES:
+            ratios = [a["step"] / b["step"] for a, b in zip(results[mode], results[BASELINES[mode]])]
+            print(f"per-round step ratio {mode}: " + ", ".join(f"{x:.4f}" for x in ratios))
     if device.type == "cuda":
-        print(f"peak allocated: none {median('none', 'peak') / 2**20:.1f} MiB, hooks "
-              f"{median('hooks', 'peak') / 2**20:.1f} MiB, probe {median('probe', 'peak') / 2**20:.1f} MiB")
+        print("peak allocated (MiB): " + ", ".join(f"{m} {median(m, 'peak') / 2**20:.1f}" for m in modes))
 
 
 if __name__ == "__main__":

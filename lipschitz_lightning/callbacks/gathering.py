@@ -83,6 +83,7 @@ class HeadGathering:
         self._gram: Optional[torch.Tensor] = None  # the current optimizer step's A^T A
         self._steps: List[torch.Tensor] = []  # the epoch's finished steps
         self._grad_max: Optional[torch.Tensor] = None
+        self._head_abs: Optional[torch.Tensor] = None  # largest |W| of the head at the epoch's steps
         self._recording = False
         self._micro_done = 0  # micro-batches of this epoch whose on_train_batch_end ran
 
@@ -166,6 +167,7 @@ class HeadGathering:
     def _reset_epoch(self) -> None:
         self._steps = []
         self._grad_max = None
+        self._head_abs = None
         self._micro_done = 0
         self._discard_in_flight()
 
@@ -244,6 +246,8 @@ class HeadGathering:
         with torch.no_grad():
             w_max = torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in pl_module.parameters()]).max()
             head_abs = self._head.weight.detach().float().abs().max()
+            if self._head_abs is not None:
+                head_abs = torch.maximum(head_abs, self._head_abs.to(head_abs.device))
         grad = self._grad_max if self._grad_max is not None else torch.full((), math.nan, device=device)
         packed = torch.cat([steps.flatten(), w_max.reshape(1), head_abs.reshape(1).to(device), grad.reshape(1).to(device)])
         world = trainer.world_size
@@ -265,6 +269,7 @@ class HeadGathering:
         return {
             "pending_steps": [s.detach().cpu() for s in self._steps],
             "pending_grad_max": self._grad_max.detach().cpu() if self._grad_max is not None else None,
+            "pending_head_abs": self._head_abs.detach().cpu() if self._head_abs is not None else None,
             "micro_done": self._micro_done,
         }
 
@@ -274,6 +279,7 @@ class HeadGathering:
             steps = [_from_old_layout(s, int(state_dict.get("local_batch", 0))) for s in steps]
         self._steps = steps
         self._grad_max = state_dict.get("pending_grad_max")
+        self._head_abs = state_dict.get("pending_head_abs")
         self._micro_done = int(state_dict.get("micro_done", len(steps)))
 
 

@@ -364,6 +364,9 @@ class LipschitzLR(HeadGathering, pl.Callback):
             grad = torch.add(grad, weight.detach(), alpha=self._lambda)
         g = torch.linalg.vector_norm(grad, ord=math.inf, dtype=torch.float32)  # max |entry|
         self._grad_max = g if self._grad_max is None else torch.maximum(self._grad_max, g)
+        if self._layout.colabs:  # the gradient bound's lambda max|W| term, over the epoch's steps
+            w = torch.linalg.vector_norm(weight.detach(), ord=math.inf, dtype=torch.float32)
+            self._head_abs = w if self._head_abs is None else torch.maximum(self._head_abs, w)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -412,6 +415,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
             self._steps = [step.to(pl_module.device) for step in self._steps]
             if self._grad_max is not None:
                 self._grad_max = self._grad_max.to(pl_module.device)
+            if self._head_abs is not None:
+                self._head_abs = self._head_abs.to(pl_module.device)
             self._write_lr(trainer, self.lr)
             return
         if self.first_epoch_lr == "auto":
@@ -466,9 +471,9 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self._epoch_finished = True
         self._recording = False
         if self.source == "probe":
-            grad_max = self._grad_max
+            grad_max, head_abs = self._grad_max, self._head_abs
             self._run_probe(trainer, pl_module, initial=False)
-            self._grad_max = grad_max
+            self._grad_max, self._head_abs = grad_max, head_abs
         stats = self._gather(trainer, pl_module)
         bound = epoch_bound(self.rule, stats, self.loss, self._k, self._lambda)
         used_lr = self.lr

@@ -164,10 +164,11 @@ def auto_adam(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tuple[fl
 
 
 def momentum_step(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tuple[float, RuleState]:
-    """``lr = (1 - mu) / ((1 - d) * L)``: a step of ``1/L`` in the steady state of SGD with momentum
-    ``mu`` and dampening ``d`` (whose velocity tends to ``(1 - d) / (1 - mu)`` times the gradient);
-    plain SGD and the EWMA velocity (``d = mu``) get ``1/L`` itself."""
-    scale = (1.0 - hyper.momentum) / (1.0 - hyper.dampening) if hyper.dampening < 1.0 else 1.0
+    """``lr = (1 + mu) / ((1 - d) L)``: half the edge of stability of heavy-ball momentum on an
+    ``L``-smooth quadratic, ``lr (1 - d) h < 2 (1 + mu)`` for SGD with momentum ``mu`` and dampening
+    ``d``; plain SGD gets the classical safe step ``1/L``. The classic (``d = 0``) and EWMA
+    (``d = mu``) velocities get the same trajectory."""
+    scale = (1.0 + hyper.momentum) / (1.0 - hyper.dampening) if hyper.dampening < 1.0 else 1.0
     return scale * _ratio(1.0, stats.L), replace(state, t=state.t + 1)
 
 
@@ -334,7 +335,7 @@ RULES: dict[str, Rule] = {
         Rule("gradbound", "lr = 1/G, G a provable bound on every entry of the head's gradient", adaptive_sgd,
              gradient_bound, PLAIN_SGD, statistics=frozenset({"colabs"}), losses=_CLASSIFICATION,
              guard=True, first_epoch_checks=True),
-        Rule("smooth", "lr = (1-mu)/((1-d) beta), beta = ||A||_2^2/(2m) + lambda, the head's smoothness",
+        Rule("smooth", "lr = (1+mu)/((1-d) beta), beta = ||A||_2^2/(2m) + lambda, the head's smoothness",
              momentum_step, smoothness_bound, ANY_SGD, statistics=frozenset({"spec"}), losses=_CLASSIFICATION,
              bounds_gradient=False, guard=True, first_epoch_checks=True),
     )

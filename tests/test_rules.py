@@ -1,0 +1,317 @@
+"""The rules beyond the paper (gradbound, smooth, adamo_consistent), the first-epoch checks and
+the rollback guard: the math against hand-computed values and brute force, the callback against
+independently recorded statistics, the guard on runs that diverge without it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from lipschitz_lightning import LipschitzLR
+from lipschitz_lightning.callbacks import LipschitzLRError
+from lipschitz_lightning.math import (
+    EpochStats,
+    RuleHyper,
+    RuleState,
+    frobenius_gradient_bound,
+    gradient_entry_bound,
+    initial_state,
+    last_layer_smoothness,
+    next_rate,
+    spectral_norm_upper_bound,
+)
+from lipschitz_lightning.modules import SupervisedModule
+from lipschitz_lightning.train import train
+from tests.conftest import compose_train, path_overrides, tiny_trainer
+from tests.lipschitz_toys import OPTIMIZERS, RateRecorder, ToyDataModule, ToyModule, ToyNet, make_data, trainer
+
+# --------------------------------------------------------------------------- the math
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_spectral_norm_upper_bound_brackets_the_norm(seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.relu(torch.randn(64, 16, generator=g)) * (1 + seed)
+    exact = float(torch.linalg.matrix_norm(a.double(), ord=2)) ** 2
+    bound = float(spectral_norm_upper_bound(a.T @ a))
+    assert exact * (1 - 1e-6) <= bound <= exact * 16 ** (1 / 32) * (1 + 1e-6)  # rank^(1/2^5)
+    assert float(spectral_norm_upper_bound(torch.zeros(5, 5))) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gradient_entry_bound_holds_and_is_the_tightest_form(seed):
+    """|dE/dW| of softmax CE, worst case over logits and labels, never exceeds max_l ||A_:l||_1 / m,
+    which is at most min(||A||_F / sqrt(m), max_i ||A_i||)."""
+    g = torch.Generator().manual_seed(seed)
+    m, d, k = 16, 8, 5
+    a = torch.randn(m, d, generator=g) * torch.rand(m, 1, generator=g) * 5
+    column_l1 = float(a.abs().sum(0).max()) / m
+    for logit_scale in (0.0, 1.0, 100.0):  # uniform, soft, saturated (|p - y| -> 1) predictions
+        logits = torch.randn(m, k, generator=g) * logit_scale
+        y = torch.randint(0, k, (m,), generator=g)
+        w = torch.zeros(k, d, requires_grad=True)
+        loss = nn.functional.cross_entropy(logits + a @ w.T, y)
+        (grad,) = torch.autograd.grad(loss, w)
+        assert float(grad.abs().max()) <= gradient_entry_bound(column_l1) * (1 + 1e-6)
+    frobenius = frobenius_gradient_bound(float(a.norm()), float(a.norm(dim=1).max()), m)
+    assert column_l1 <= frobenius * (1 + 1e-9)
+    assert gradient_entry_bound(0.5, weight_decay=1e-2, head_abs_max=3.0) == pytest.approx(0.53)
+
+
+def test_smoothness_bounds_the_head_hessian_by_brute_force():
+    torch.manual_seed(0)
+    m, d, k, lam = 12, 4, 3, 1e-2
+    a = torch.randn(m, d) * 2
+    y = torch.randint(0, k, (m,))
+    for scale in (0.0, 0.3, 3.0):
+        w0 = torch.randn(k, d) * scale
+
+        def loss(w_flat):
+            w = w_flat.reshape(k, d)
+            return nn.functional.cross_entropy(a @ w.T, y) + lam / 2 * w.square().sum()
+
+        hessian = torch.autograd.functional.hessian(loss, w0.flatten())
+        largest = float(torch.linalg.eigvalsh(hessian).max())
+        spectral_over_m = float(torch.linalg.matrix_norm(a, ord=2)) ** 2 / m
+        assert largest <= last_layer_smoothness(spectral_over_m, "softmax_ce", lam) * (1 + 1e-5)
+    with pytest.raises(ValueError, match="smoothness"):
+        last_layer_smoothness(1.0, "mse")
+
+
+def test_smooth_rule_step_is_half_the_momentum_stability_edge():
+    stats = EpochStats(L=2.0, G2=0.0, k_z=1.0)
+    plain, _ = next_rate("smooth", RuleState(), stats, RuleHyper())
+    classic, _ = next_rate("smooth", RuleState(), stats, RuleHyper(momentum=0.9))
+    ewma, _ = next_rate("smooth", RuleState(), stats, RuleHyper(momentum=0.9, dampening=0.9))
+    assert plain == pytest.approx(0.5)  # 1 / beta
+    assert classic == pytest.approx(1.9 / 2.0)  # (1 + mu) / beta
+    assert ewma == pytest.approx(1.9 / (0.1 * 2.0))  # the same trajectory as the classic form
+
+
+def test_adamo_consistent_seeds_K_with_the_inverse_of_x():
+    state = initial_state("adamo_consistent", 0.1)
+    assert state.K1 == pytest.approx(10.0)
+    lr, state = next_rate("adamo_consistent", state, EpochStats(L=2.0, G2=0.0, k_z=1.0), RuleHyper(betas=(0.9, 0.999)))
+    assert lr == pytest.approx(1 / (0.9 * 10 + 0.1 * 2))  # 0.108..., not the paper's 1/0.29 = 3.4
+    assert initial_state("adamo", 0.1).K1 == pytest.approx(0.1)  # the paper's seeding stays
+
+
+# --------------------------------------------------------------------------- the callback
+
+
+class HeadInputs(pl.Callback):
+    """Records the head input of every training step and the head's weight at each epoch end."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_fit_start(self, trainer, pl_module):
+        def hook(module, args):
+            if module.training and torch.is_grad_enabled():
+                self.epochs[-1]["A"].append(args[0].detach().clone())
+
+        self.handle = pl_module.net.head.register_forward_pre_hook(hook)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epochs.append({"A": [], "head_max": 0.0})
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        epoch = self.epochs[-1]
+        epoch["head_max"] = max(epoch["head_max"], float(pl_module.net.head.weight.abs().max()))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        epoch = self.epochs[-1]
+        epoch["head_max"] = max(epoch["head_max"], float(pl_module.net.head.weight.abs().max()))
+
+
+def test_gradbound_rate_is_one_over_the_independently_computed_bound():
+    torch.manual_seed(0)
+    module = ToyModule(ToyNet(), OPTIMIZERS["sgd"])  # weight decay 1e-3
+    inputs, rates = HeadInputs(), RateRecorder()
+    cb = LipschitzLR(rule="gradbound", first_epoch_lr=0.05)
+    trainer([cb, inputs, rates], max_epochs=2).fit(module, datamodule=ToyDataModule(make_data(n=48), 16))
+    for epoch, stats in zip(inputs.epochs, rates.stats):
+        G = max(float(a.abs().sum(0).max()) / a.shape[0] for a in epoch["A"]) + 1e-3 * epoch["head_max"]
+        assert stats["L"] == pytest.approx(G, rel=1e-5)
+        assert stats["next_lr"] == pytest.approx(1 / G, rel=1e-5)
+        assert 0 < stats["grad_max_over_L"] <= 1.0
+
+
+def test_smooth_rate_is_one_over_the_head_smoothness():
+    torch.manual_seed(0)
+    module = ToyModule(ToyNet(), OPTIMIZERS["sgd"])
+    inputs, rates = HeadInputs(), RateRecorder()
+    cb = LipschitzLR(rule="smooth", first_epoch_lr=0.05)
+    trainer([cb, inputs, rates], max_epochs=2).fit(module, datamodule=ToyDataModule(make_data(n=48), 16))
+    for epoch, stats in zip(inputs.epochs, rates.stats):
+        exact = 0.5 * max(float(torch.linalg.matrix_norm(a, ord=2)) ** 2 / a.shape[0] for a in epoch["A"]) + 1e-3
+        # an upper estimate of ||A||_2^2: never below, at most rank^(1/32) above
+        assert exact * (1 - 1e-5) <= stats["L"] <= exact * 8 ** (1 / 32) * (1 + 1e-5)
+        assert stats["next_lr"] == pytest.approx(1 / stats["L"], rel=1e-6)
+        assert "grad_max_over_L" not in stats  # beta bounds curvature, not gradients
+
+
+def test_adamo_consistent_keeps_the_first_rate_near_x():
+    torch.manual_seed(0)
+    rates = RateRecorder()
+    trainer([LipschitzLR(rule="adamo_consistent"), rates], max_epochs=2).fit(
+        ToyModule(ToyNet(), OPTIMIZERS["adamo"]), datamodule=ToyDataModule(make_data(), 16))
+    L = rates.stats[0]["L"]
+    assert rates.rates[0] == pytest.approx(0.1)
+    assert rates.rates[1] == pytest.approx(1 / (0.9 * 10 + 0.1 * L), rel=1e-6)
+
+
+def test_first_epoch_rate_is_rechecked_at_steps_1_2_4_and_only_lowered():
+    torch.manual_seed(0)
+    seen = []
+
+    class Rates(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 0:
+                seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    cb = LipschitzLR(rule="smooth", first_epoch_lr=5.0)  # far above what the features allow
+    trainer([cb, Rates()], max_epochs=1).fit(
+        ToyModule(ToyNet(), OPTIMIZERS["sgd"]), datamodule=ToyDataModule(make_data(n=160), 16))
+    assert seen[0] == 5.0 and seen[1] < 5.0  # lowered after the first step
+    assert all(b <= a for a, b in zip(seen, seen[1:]))
+    changed = {j for j in range(1, len(seen)) if seen[j] != seen[j - 1]}
+    assert changed <= {1, 2, 4, 8}
+    off = LipschitzLR(rule="smooth", first_epoch_lr=5.0, first_epoch_checks=False)
+    seen.clear()
+    trainer([off, Rates()], max_epochs=1).fit(
+        ToyModule(ToyNet(), OPTIMIZERS["sgd"]), datamodule=ToyDataModule(make_data(n=160), 16))
+    assert seen == [5.0] * 10
+
+
+SHIPPED = {  # model option -> (input shape, loss)
+    "mlp": ((10,), "softmax_ce"),
+    "softmax_regression": ((10,), "softmax_ce"),
+    "logistic_regression": ((10,), "bce"),
+    "mnist_cnn": ((1, 28, 28), "softmax_ce"),
+    "resnet20": ((3, 8, 8), "softmax_ce"),
+    "resnet56": ((3, 8, 8), "softmax_ce"),
+    "resnet164": ((3, 8, 8), "softmax_ce"),
+    "densenet40": ((3, 8, 8), "softmax_ce"),
+}
+
+
+class EveryEpoch(pl.Callback):
+    def __init__(self):
+        self.ratios = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.ratios.append(float(trainer.callback_metrics["lipschitz/grad_max_over_L"]))
+
+
+@pytest.mark.parametrize(
+    "model", [pytest.param(m, marks=pytest.mark.slow) if m in ("resnet164", "densenet40") else m for m in sorted(SHIPPED)]
+)
+def test_gradient_bound_is_never_exceeded_on_the_models_we_ship(model):
+    """``lipschitz/grad_max_over_L`` (largest observed gradient entry over the bound) stays <= 1 in
+    every epoch, with weight decay, BatchNorm, dropout and the rule's own (large) first rate."""
+    shape, loss = SHIPPED[model]
+    k = 1 if loss == "bce" else 3
+    cfg = compose_train([f"model={model}"])
+    torch.manual_seed(0)
+    net = instantiate(cfg.model, input_shape=shape, num_outputs=k)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, *shape, generator=g) * 3
+    y = torch.randint(0, 2, (8, 1), generator=g).float() if loss == "bce" else torch.randint(0, k, (8,), generator=g)
+
+    def sgd(params):
+        return torch.optim.SGD(params, lr=0.1, weight_decay=1e-3)
+
+    module = SupervisedModule(net=net, optimizer=sgd, loss=loss, num_outputs=k)
+    check = EveryEpoch()
+    trainer([LipschitzLR(rule="gradbound", loss=loss, guard=False), check], max_epochs=3).fit(
+        module, datamodule=ToyDataModule(TensorDataset(x, y), 4))  # 2 steps per epoch
+    assert len(check.ratios) == 3
+    assert all(0 < r <= 1.0 + 1e-6 for r in check.ratios), check.ratios
+
+
+# --------------------------------------------------------------------------- the guard
+
+
+def diverging_run(guard, epochs=3, **kwargs):
+    """Least squares at the first rate 10: the weights overflow to NaN within two epochs."""
+    torch.manual_seed(0)
+    module = ToyModule(ToyNet(k=1), OPTIMIZERS["sgd"], loss="mse")
+    rates = RateRecorder()
+    cb = LipschitzLR(rule="sgd", loss="mse", first_epoch_lr=10.0, guard=guard, **kwargs)
+    t = trainer([cb, rates], max_epochs=epochs)
+    t.fit(module, datamodule=ToyDataModule(make_data(n=64, loss="mse"), 16))
+    finite = all(bool(torch.isfinite(p).all()) for p in module.parameters())
+    return t, cb, rates, finite
+
+
+def test_guard_rolls_back_a_diverging_epoch_and_retries_at_a_smaller_rate():
+    _, _, _, finite = diverging_run(guard=False)
+    assert not finite  # the setting really diverges without the guard
+
+    t, cb, rates, finite = diverging_run(guard=True, epochs=8)
+    assert finite and cb.rollbacks >= 1
+    assert float(t.callback_metrics["lipschitz/rollbacks"]) == cb.rollbacks
+    first_failed = rates.rates[0]
+    assert rates.rates[1] == pytest.approx(first_failed * 0.25)  # guard_shrink
+    assert max(rates.rates[cb.rollbacks:]) <= first_failed * 0.25 ** cb.rollbacks * (1 + 1e-9)  # the ceiling holds
+    assert math.isfinite(cb.last_stats["K_z"]) and math.isfinite(cb.last_stats["W"])
+
+
+def test_guard_gives_up_with_one_clear_error_after_max_rollbacks():
+    with pytest.raises(LipschitzLRError, match="rollbacks in a row"):
+        diverging_run(guard=True, epochs=4, guard_shrink=0.999, max_rollbacks=2)
+
+
+def test_guard_restores_exactly_the_epoch_start_weights_and_optimizer_state():
+    torch.manual_seed(0)
+    module = ToyModule(ToyNet(), OPTIMIZERS["adamo"])
+    starts = {}
+
+    class Record(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                starts["w"] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+                starts["opt"] = {i: s["momentum_buffer"].clone() for i, s in trainer.optimizers[0].state_dict()["state"].items()}
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                starts["after"] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+                starts["opt_after"] = {i: s["momentum_buffer"].clone()
+                                       for i, s in trainer.optimizers[0].state_dict()["state"].items()}
+
+    # epoch 1 runs at a rate that blows it up; guard_snapshot on the host
+    cb = LipschitzLR(rule="adamo", first_epoch_lr=0.01, guard=True, guard_snapshot="cpu", max_lr=1e5)
+
+    class Blow(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 1:
+                for group in trainer.optimizers[0].param_groups:
+                    group["lr"] = 1e5
+
+    trainer([cb, Blow(), Record()], max_epochs=2).fit(module, datamodule=ToyDataModule(make_data(), 16))
+    assert cb.rollbacks == 1
+    for key, value in starts["w"].items():
+        assert torch.equal(starts["after"][key], value)
+    for key, value in starts["opt"].items():
+        assert torch.equal(starts["opt_after"][key], value)
+
+
+def test_guard_on_digits_where_the_paper_sgd_rule_ends_nan(tmp_path: Path):
+    """The issue's run (digits, MLP 128-64, batch 64, optim=sgd): NaN in the first epoch without the
+    guard; with it, rolled back and trained."""
+    quiet = [o for o in tiny_trainer(epochs=4) if "limit_train_batches" not in o]
+    cfg = compose_train(path_overrides(tmp_path) + quiet + [
+        "dataset=digits", "model=mlp", "model.hidden_sizes=[128,64]", "dataset.batch_size=64", "optim=sgd",
+        "+optim.callback.guard=true"])
+    metrics = train(cfg)
+    assert metrics["lipschitz/rollbacks"] >= 1
+    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/loss"])
+    assert metrics["test/acc"] > 0.5
