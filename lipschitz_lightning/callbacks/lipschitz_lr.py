@@ -20,7 +20,8 @@ per-step vectors makes ``K_z`` the norm of the *global* batch, so N devices x ba
 rate of one device x batch N*b (spec section 4).
 
 The guard (on by default for the rules beyond the paper, off for the paper's four): when an
-epoch's training loss turns non-finite or ends above ``guard_loss_factor`` times its start, or the
+epoch's training loss turns non-finite or ends above ``guard_loss_factor`` times where it started
+(the previous epoch's end; in the first epoch, the loss of the initial weights), or the
 head input's norm collapses below ``guard_collapse`` times its start, the weights and optimizer
 state of the epoch's start are restored and the next epoch runs at ``guard_shrink`` times the
 failed rate, which also caps every later rate.
@@ -136,11 +137,13 @@ class LipschitzLR(HeadGathering, pl.Callback):
         init_probe_batches: training batches per rank of the first-epoch probe.
         decay: Keras time-based decay ``lr / (1 + decay * step)`` on top (reference code; 0=off).
         max_lr: optional cap on the rate (off by default).
-        max_growth: optional cap on the growth factor of the rate from one epoch to the next.
+        max_growth: optional cap on the growth factor of the rate from one epoch to the next;
+            ``None``: the rule's default (off for the paper's rules, 4 for ``smooth``).
         guard: roll an epoch back when it fails (see module docstring); ``None``: the rule's
             default (on for the new rules, off for the paper's).
         guard_loss_factor: an epoch fails when the mean loss of its last quarter of steps exceeds
-            this times the mean of its first quarter.
+            this times the reference: the previous accepted epoch's last-quarter mean, or in the
+            first epoch the first step's loss (the loss of the initial weights).
         guard_collapse: an epoch fails when the mean ``||A||`` of its last quarter of steps falls
             below this times the mean of its first quarter (dead ReLUs).
         guard_shrink: the retried epoch's rate, as a fraction of the failed one.
@@ -240,7 +243,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self.init_probe_batches = init_probe_batches
         self.decay = float(decay)
         self.max_lr = max_lr
-        self.max_growth = max_growth
+        self.max_growth = entry.max_growth if max_growth is None else max_growth
         self.guard = entry.guard if guard is None else bool(guard)
         self.guard_loss_factor = float(guard_loss_factor)
         self.guard_collapse = float(guard_collapse)
@@ -257,6 +260,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self.rollbacks = 0
         self._consecutive_rollbacks = 0
         self._ceiling: Optional[float] = None  # the guard's cap after a rollback
+        self._loss_reference: Optional[float] = None  # the last accepted epoch's final loss
         self._warned_invalid = False
         self._restored = False
 
@@ -450,8 +454,9 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self._write_lr(trainer, self.lr)
 
     def _first_update(self, bound: EpochStats) -> float:
-        hyper = RuleHyper(betas=self._hyper.betas, eps=self.eps, bias_correction=True,
-                          momentum=self._hyper.momentum, dampening=self._hyper.dampening)
+        """The rule's first update, bias-corrected, without momentum's gain (``smooth``: the plain
+        ``1/beta``; momentum earns its gain over the next epochs, under the rule's growth cap)."""
+        hyper = RuleHyper(betas=self._hyper.betas, eps=self.eps, bias_correction=True)
         lr, _ = next_rate(self.rule, RuleState(), bound, hyper)
         return lr
 
@@ -485,6 +490,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
             self._ceiling = new_lr
         else:
             self._consecutive_rollbacks = 0
+            if stats.step_losses:
+                self._loss_reference = _mean(stats.step_losses[-max(1, len(stats.step_losses) // 4):])
             new_lr, new_state = next_rate(self.rule, self.state, bound, self._hyper)
             invalid = not (bounds.is_valid_bound(bound.L) and stats.k_z > 0 and bounds.is_valid_bound(new_lr))
             if invalid:
@@ -572,7 +579,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
             return "the training loss or the weights turned non-finite"
         if losses:
             n = max(1, len(losses) // 4)
-            start, end = _mean(losses[:n]), _mean(losses[-n:])
+            start = self._loss_reference if self._loss_reference is not None else losses[0]
+            end = _mean(losses[-n:])
             if end > self.guard_loss_factor * start:
                 return f"the training loss rose from {start:.4g} to {end:.4g}"
         if norms and self.guard_collapse > 0:
@@ -615,6 +623,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
             "rollbacks": self.rollbacks,
             "consecutive_rollbacks": self._consecutive_rollbacks,
             "ceiling": self._ceiling,
+            "loss_reference": self._loss_reference,
         }
         # An interrupted epoch's statistics so far: the steps that finished (empty at epoch boundaries).
         pending = self._pending_state() if not self._epoch_finished else {"pending_steps": [], "pending_grad_max": None}
@@ -631,6 +640,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self.rollbacks = int(state_dict.get("rollbacks", 0))
         self._consecutive_rollbacks = int(state_dict.get("consecutive_rollbacks", 0))
         self._ceiling = state_dict.get("ceiling")
+        self._loss_reference = state_dict.get("loss_reference")
         self._load_pending(state_dict)
         self._restored_mid_epoch = bool(self._steps)
         self._restored = self.lr is not None

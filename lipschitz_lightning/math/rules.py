@@ -293,6 +293,7 @@ class Rule:
         losses: the losses its bound is derived for.
         bounds_gradient: its ``L`` bounds the gradient's entries (so ``grad_max_over_L`` is logged).
         single_beta: which of ``(beta1, beta2)`` a single ``betas=`` float sets.
+        max_growth: the default cap on the rate's growth from one epoch to the next (None: off).
         guard: whether the rollback guard is on by default.
         first_epoch_checks: whether the first epoch's rate is re-checked at steps 1, 2, 4, 8, ...
             of that epoch (and only ever lowered) by default.
@@ -311,6 +312,7 @@ class Rule:
     losses: Tuple[str, ...] = bounds.LOSSES
     bounds_gradient: bool = True
     single_beta: int = 0
+    max_growth: Optional[float] = None
     guard: bool = False
     first_epoch_checks: bool = False
     paper: bool = False
@@ -337,7 +339,7 @@ RULES: dict[str, Rule] = {
              guard=True, first_epoch_checks=True),
         Rule("smooth", "lr = (1+mu)/((1-d) beta), beta = ||A||_2^2/(2m) + lambda, the head's smoothness",
              momentum_step, smoothness_bound, ANY_SGD, statistics=frozenset({"spec"}), losses=_CLASSIFICATION,
-             bounds_gradient=False, guard=True, first_epoch_checks=True),
+             bounds_gradient=False, max_growth=4.0, guard=True, first_epoch_checks=True),
     )
 }
 
