@@ -20,7 +20,7 @@ per-step vectors makes ``K_z`` the norm of the *global* batch, so N devices x ba
 rate of one device x batch N*b (spec section 4).
 
 The guard (on by default for the rules beyond the paper, off for the paper's four): when an
-epoch's training loss turns non-finite or ends above ``guard_loss_factor`` times where it started
+epoch's training loss turns non-finite or its mean or end rises above ``guard_loss_factor`` times where it started
 (the previous epoch's end; in the first epoch, the loss of the initial weights), or the
 head input's norm collapses below ``guard_collapse`` times its start, the weights and optimizer
 state of the epoch's start are restored and the next epoch runs at ``guard_shrink`` times the
@@ -141,8 +141,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
             ``None``: the rule's default (off for the paper's rules, 4 for ``smooth``).
         guard: roll an epoch back when it fails (see module docstring); ``None``: the rule's
             default (on for the new rules, off for the paper's).
-        guard_loss_factor: an epoch fails when the mean loss of its last quarter of steps exceeds
-            this times the reference: the previous accepted epoch's last-quarter mean, or in the
+        guard_loss_factor: an epoch fails when the mean loss of its steps, or of its last quarter,
+            exceeds this times the reference: the previous accepted epoch's last-quarter mean, or in the
             first epoch the first step's loss (the loss of the initial weights).
         guard_collapse: an epoch fails when the mean ``||A||`` of its last quarter of steps falls
             below this times the mean of its first quarter (dead ReLUs).
@@ -580,7 +580,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         if losses:
             n = max(1, len(losses) // 4)
             start = self._loss_reference if self._loss_reference is not None else losses[0]
-            end = _mean(losses[-n:])
+            end = max(_mean(losses), _mean(losses[-n:]))  # the epoch's mean catches a spike it recovered from
             if end > self.guard_loss_factor * start:
                 return f"the training loss rose from {start:.4g} to {end:.4g}"
         if norms and self.guard_collapse > 0:
