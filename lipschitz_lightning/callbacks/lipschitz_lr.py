@@ -29,7 +29,8 @@ failed rate, which also caps every later rate.
 Logged once per epoch (through ``pl_module.log``, so they reach the logger and
 ``trainer.callback_metrics``):
 
-* ``lipschitz/lr`` -- the rate used during the epoch that just ended,
+* ``lipschitz/lr`` -- the rate used during the epoch that just ended (with first-epoch checks, the
+  last rate in force in the first epoch),
 * ``lipschitz/next_lr`` -- the rate computed for the coming epoch,
 * ``lipschitz/L``, ``lipschitz/K_z``, ``lipschitz/W`` -- this epoch's bound and statistics,
 * ``lipschitz/K1``, ``lipschitz/K2`` -- the EWMA states (AdaMo, RMSprop, Auto-Adam),

@@ -355,10 +355,6 @@ def get_rule(name: str) -> Rule:
     return RULES[name]
 
 
-def _check_rule(rule: str) -> None:
-    get_rule(rule)
-
-
 def epoch_bound(rule: str, stats: HeadStats, loss: str, k: int, weight_decay: float) -> EpochStats:
     """The epoch's bound (``L``, ``G2``, ``K_z``) that ``rule`` feeds its update with: the one
     function training and the tests both call.
