@@ -424,6 +424,38 @@ def test_interrupted_epoch_keeps_its_statistics(tmp_path):
     assert resumed.stats[0]["next_lr"] == pytest.approx(full.rates[1], rel=1e-4)
 
 
+def test_a_checkpoint_in_the_first_format_still_resumes(tmp_path):
+    """On-exception checkpoints written before the step vector grew (4 columns A2, A4, OUT2, Y2 and
+    m from ``local_batch``) load and give the K_z of an uninterrupted epoch."""
+    data = ToyDataModule(make_data(), 16)
+    full = RateRecorder()
+    trainer([LipschitzLR(first_epoch_lr=0.05), full], max_epochs=2).fit(toy("sgd"), datamodule=data)
+
+    class Crash(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 0 and batch_idx == 1:
+                raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer([LipschitzLR(first_epoch_lr=0.05), Crash(), OnExceptionCheckpoint(dirpath=tmp_path)], max_epochs=2,
+                enable_checkpointing=True, default_root_dir=tmp_path / "a").fit(toy("sgd"), datamodule=data)
+    path = tmp_path / "on_exception.ckpt"
+    checkpoint = torch.load(path, weights_only=False)
+    (key,) = [k for k in checkpoint["callbacks"] if k.startswith("LipschitzLR")]
+    state = checkpoint["callbacks"][key]
+    old = {k: state[k] for k in ("rule", "lr", "K1", "K2", "t", "epochs_done", "warned_invalid", "pending_grad_max")}
+    old["pending_steps"] = [s[[0, 1, 3, 4]] for s in state["pending_steps"]]  # A2, A4, OUT2, Y2
+    old["local_batch"] = 16
+    checkpoint["callbacks"][key] = old
+    torch.save(checkpoint, path)
+
+    resumed = RateRecorder()
+    trainer([LipschitzLR(first_epoch_lr=0.05), resumed], max_epochs=2, enable_checkpointing=True,
+            default_root_dir=tmp_path / "b").fit(toy("sgd", seed=7), datamodule=data, ckpt_path=str(path))
+    assert resumed.stats[0]["K_z"] == pytest.approx(full.stats[0]["K_z"], rel=1e-6)
+    assert resumed.stats[0]["m"] == 16
+
+
 class Interrupt(pl.Callback):
     """Stops a run in epoch 1, step 2: by Ctrl-C after the backward pass but before the optimizer
     step (``before_step``), or by a crash in ``on_train_batch_end`` after the step, before
