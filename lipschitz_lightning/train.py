@@ -3,7 +3,7 @@
 Single device (the paper's headline run: CIFAR-10, ResNet20, adaptive SGD)::
 
     python -m lipschitz_lightning.train
-    python -m lipschitz_lightning.train model=densenet40 optim=adamo lr=first_0.5
+    python -m lipschitz_lightning.train model=densenet40 optim=adamo lr.first_epoch=0.5
     python -m lipschitz_lightning.train experiment=cifar10_densenet40_momentum_adaptive
 
 Several devices (the rate is the same for any device count at the same effective batch)::
