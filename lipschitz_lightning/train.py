@@ -220,7 +220,8 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         raise ConfigError(f"dataset.batch_size must be a positive integer; got {datamodule.batch_size!r}")
     net = _build_net(cfg, datamodule)
     optimizer = _instantiate(cfg.optim.optimizer, f"optim={_choice(cfg, 'optim')}")
-    module = SupervisedModule(net=net, optimizer=optimizer, loss=datamodule.loss, num_outputs=datamodule.num_outputs)
+    module = SupervisedModule(net=net, optimizer=optimizer, loss=datamodule.loss, num_outputs=datamodule.num_outputs,
+                              compile=cfg.get("compile", False), channels_last=cfg.get("channels_last", False))
     lipschitz = _build_lipschitz(cfg, datamodule, module, optimizer)
 
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
