@@ -14,7 +14,8 @@ Sweep::
 
     python -m lipschitz_lightning.train --multirun optim=sgd,adamo,auto_adam
 
-The configs are the repository's ``conf/`` folder (``conf/train.yaml`` is the root). ``train(cfg)``
+The configs are the repository's ``conf/`` folder (``conf/train.yaml`` is the root), shipped in
+the wheel as ``lipschitz_lightning/conf`` (:func:`lipschitz_lightning.configs.config_dir`). ``train(cfg)``
 is a plain function (build, fit, test, return the metrics); ``main`` is the Hydra wrapper that
 turns a :class:`ConfigError` into one ``error: ...`` line and exit status 2.
 """
@@ -36,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from lipschitz_lightning.callbacks import LipschitzLR, LipschitzLRError, check_optimizer, find_head
+from lipschitz_lightning.configs import config_dir
 from lipschitz_lightning.modules import SupervisedModule
 
 __all__ = ["ConfigError", "main", "train"]
@@ -274,7 +276,7 @@ def _report(metrics: Dict[str, float], trainer: pl.Trainer) -> None:
         log.info(f"checkpoints: {checkpoint.dirpath}  (resume with ckpt_path=<dir>/last.ckpt)")
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> Optional[float]:
     """Hydra entry point: run :func:`train`, print a bad configuration as one line (exit 2)."""
     try:
