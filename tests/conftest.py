@@ -109,6 +109,7 @@ class FreshVenv:
         self.python = str(self.bin / "python")
         self.wheel: Path
         self.core_packages: set = set()  # what `pip install <wheel>` (no extras) installed
+        self.core_run: Optional[subprocess.CompletedProcess] = None  # callback_only_script.py, core only
 
     def run(self, args: Sequence[str], cwd: Path, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
         """Run a command with this environment first on PATH and nothing of the repository on PYTHONPATH."""
@@ -175,4 +176,5 @@ def fresh_venv(tmp_path_factory) -> FreshVenv:
     link_torch(venv.dir, venv.root / "torch")
     venv.pip(str(venv.wheel))
     venv.core_packages = venv.installed()
+    venv.core_run = venv.run([venv.python, str(ROOT / "tests" / "callback_only_script.py")], cwd=venv.root)
     return venv

@@ -87,13 +87,13 @@ class SupervisedModule(pl.LightningModule):
             raise ValueError(f"loss 'softmax_ce' needs num_outputs >= 2; got {num_outputs}")
         if loss == "bce" and num_outputs != 1:
             raise ValueError(f"loss 'bce' needs one output (a logit); got num_outputs={num_outputs}")
+        for flag, value in (("compile", compile), ("channels_last", channels_last)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{flag} must be true or false; got {value!r}")
         # The network is saved in the checkpoint's state_dict, not as a hyperparameter. The
         # optimizer factory (a Hydra partial) is kept as an attribute, not a hyperparameter, so
         # that checkpoints hold only plain values and load with torch.load(weights_only=True);
         # train() logs the whole config to the loggers instead.
-        for flag, value in (("compile", compile), ("channels_last", channels_last)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{flag} must be true or false; got {value!r}")
         self.save_hyperparameters(ignore=["net", "optimizer"], logger=False)
         if channels_last:
             if not any(isinstance(m, nn.Conv2d) for m in net.modules()):
