@@ -2,7 +2,8 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Re-installs only when pyproject.toml changes (the package itself is installed editable).
+# Re-installs only when pyproject.toml changes (the package itself is installed editable, with every
+# extra: the app, the competitor optimizers, Hydra's launchers and sweepers, the plotting tools).
 STAMP := $(VENV)/.installed
 
 .PHONY: install quickstart test bench
@@ -11,9 +12,9 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[app,competitors,sweeps,bench,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -3,7 +3,7 @@
 Single device (the paper's headline run: CIFAR-10, ResNet20, adaptive SGD)::
 
     python -m lipschitz_lightning.train
-    python -m lipschitz_lightning.train model=densenet40 optim=adamo lr=first_0.5
+    python -m lipschitz_lightning.train model=densenet40 optim=adamo lr.first_epoch=0.5
     python -m lipschitz_lightning.train experiment=cifar10_densenet40_momentum_adaptive
 
 Several devices (the rate is the same for any device count at the same effective batch)::
@@ -14,7 +14,8 @@ Sweep::
 
     python -m lipschitz_lightning.train --multirun optim=sgd,adamo,auto_adam
 
-The configs are the repository's ``conf/`` folder (``conf/train.yaml`` is the root). ``train(cfg)``
+The configs are the repository's ``conf/`` folder (``conf/train.yaml`` is the root), shipped in
+the wheel as ``lipschitz_lightning/conf`` (:func:`lipschitz_lightning.configs.config_dir`). ``train(cfg)``
 is a plain function (build, fit, test, return the metrics); ``main`` is the Hydra wrapper that
 turns a :class:`ConfigError` into one ``error: ...`` line and exit status 2.
 """
@@ -36,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from lipschitz_lightning.callbacks import LipschitzLR, LipschitzLRError, check_optimizer, find_head
+from lipschitz_lightning.configs import config_dir
 from lipschitz_lightning.modules import SupervisedModule
 
 __all__ = ["ConfigError", "main", "train"]
@@ -220,7 +222,8 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         raise ConfigError(f"dataset.batch_size must be a positive integer; got {datamodule.batch_size!r}")
     net = _build_net(cfg, datamodule)
     optimizer = _instantiate(cfg.optim.optimizer, f"optim={_choice(cfg, 'optim')}")
-    module = SupervisedModule(net=net, optimizer=optimizer, loss=datamodule.loss, num_outputs=datamodule.num_outputs)
+    module = SupervisedModule(net=net, optimizer=optimizer, loss=datamodule.loss, num_outputs=datamodule.num_outputs,
+                              compile=cfg.get("compile", False), channels_last=cfg.get("channels_last", False))
     lipschitz = _build_lipschitz(cfg, datamodule, module, optimizer)
 
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
@@ -273,7 +276,7 @@ def _report(metrics: Dict[str, float], trainer: pl.Trainer) -> None:
         log.info(f"checkpoints: {checkpoint.dirpath}  (resume with ckpt_path=<dir>/last.ckpt)")
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> Optional[float]:
     """Hydra entry point: run :func:`train`, print a bad configuration as one line (exit 2)."""
     try:

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -91,3 +91,90 @@ def _clear_hydra():
     GlobalHydra.instance().clear()
     yield
     GlobalHydra.instance().clear()
+
+
+# --------------------------------------------------------------------------- a fresh virtual environment
+
+CORE_ONLY_ABSENT = ("hydra-core", "omegaconf", "scikit-learn", "torchvision", "tensorboard", "prodigyopt",
+                    "dadaptation", "dog-optimizer", "schedulefree", "prodigy-plus-schedule-free", "matplotlib")
+
+
+class FreshVenv:
+    """A virtual environment outside the repository, with the wheel built from it installed (core only)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dir = root / "venv"
+        self.bin = self.dir / "bin"
+        self.python = str(self.bin / "python")
+        self.wheel: Path
+        self.core_packages: set = set()  # what `pip install <wheel>` (no extras) installed
+        self.core_run: Optional[subprocess.CompletedProcess] = None  # callback_only_script.py, core only
+
+    def run(self, args: Sequence[str], cwd: Path, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
+        """Run a command with this environment first on PATH and nothing of the repository on PYTHONPATH."""
+        environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "LIPSCHITZ_DATA")}
+        environ.update(PATH=f"{self.bin}{os.pathsep}{environ.get('PATH', '')}", PYTHONWARNINGS="ignore", **env)
+        return subprocess.run(list(args), cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout)
+
+    def pip(self, *args: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+        # --no-compile: byte-compiling torch takes longer than unpacking it; pip's cache has the wheels.
+        result = self.run([self.python, "-m", "pip", "install", "-q", "--no-compile", *args], cwd=cwd or self.root)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    def installed(self) -> set:
+        result = self.run([self.python, "-m", "pip", "list", "--format=freeze"], cwd=self.root)
+        return {line.split("==")[0].lower() for line in result.stdout.splitlines() if "==" in line}
+
+
+def link_torch(venv: Path, into: Path) -> None:
+    """Make the pinned torch of this environment, and the packages torch itself requires, visible
+    to ``venv`` through symlinks and a ``.pth`` file, instead of unpacking its 5.5 GB again.
+
+    pip sees them as installed (torch==2.14.1 satisfies the wheel's pin) and installs everything
+    else the wheel asks for itself; nothing else of this environment (Lightning, Hydra, ...) is
+    visible in ``venv``.
+    """
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    todo, seen = ["torch"], set()
+    while todo:
+        name = todo.pop()
+        key = name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        dist = metadata.distribution(name)
+        for requirement in map(Requirement, dist.requires or []):
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+        site = Path(dist.locate_file(""))
+        for top in {f.parts[0] for f in dist.files or [] if f.parts and f.parts[0] not in ("..", "__pycache__")}:
+            if (site / top).exists() and not (into / top).exists():
+                (into / top).symlink_to(site / top)
+    (site_packages,) = venv.glob("lib/python*/site-packages")
+    (site_packages / "torch_from_the_test_environment.pth").write_text(f"{into}\n")
+
+
+@pytest.fixture(scope="session")
+def fresh_venv(tmp_path_factory) -> FreshVenv:
+    """Build the wheel (sdist first, as `python -m build` does) and install it without extras in a
+    new venv outside the repository. torch (and what torch requires) comes from this environment
+    through links (:func:`link_torch`); pip installs everything else from the wheel's metadata,
+    from its cache or the package index."""
+    venv = FreshVenv(tmp_path_factory.mktemp("fresh_venv"))
+    dist = venv.root / "dist"
+    built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(ROOT)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    (venv.wheel,) = dist.glob("lipschitz_lightning-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", str(venv.dir)], check=True, timeout=300)
+    (venv.root / "torch").mkdir()
+    link_torch(venv.dir, venv.root / "torch")
+    venv.pip(str(venv.wheel))
+    venv.core_packages = venv.installed()
+    venv.core_run = venv.run([venv.python, str(ROOT / "tests" / "callback_only_script.py")], cwd=venv.root)
+    return venv

@@ -68,7 +68,7 @@ def test_every_group_has_its_options():
                   "logistic_regression", "softmax_regression"},
         "optim": {"sgd", "adamo", "rmsprop", "auto_adam", "sgd_fixed", "momentum_fixed", "rmsprop_fixed", "adam_fixed",
                   "prodigy", "dadapt_sgd", "dadapt_adam", "dog", "schedulefree_sgd"},
-        "lr": {"default", "auto", "first_0.1", "first_0.5", "first_1.0", "first_1e-3"},
+        "lr": {"default"},
         "trainer": {"cpu", "gpu", "ddp", "ddp_sim"},
         "logger": {"tensorboard", "csv"},
         "callbacks": {"default"},
@@ -84,7 +84,7 @@ def test_root_defaults_and_order():
     root = yaml.safe_load((CONF_DIR / "train.yaml").read_text())
     order = [next(iter(entry)) if isinstance(entry, dict) else entry for entry in root["defaults"]]
     assert order == ["_self_", "dataset", "model", "optim", "lr", "trainer", "logger", "callbacks", "paths",
-                     "hydra", "experiment", "debug"]
+                     "hydra", "experiment", "hparams_search", "debug"]
     cfg = compose_train(hydra_config=True)
     choices = cfg.hydra.runtime.choices
     assert (choices.dataset, choices.model, choices.optim) == ("cifar10", "resnet20", "sgd")
@@ -238,11 +238,12 @@ def test_quickstart_composes(tmp_path: Path):
     ("overrides", "expected"),
     [
         (["optim=adamo"], 0.1),  # the rule's own default
-        (["optim=adamo", "lr=first_0.5"], 0.5),
+        (["optim=adamo", "lr.first_epoch=0.5"], 0.5),
         (["optim=adamo", "lr.first_epoch=0.3"], 0.3),
-        (["optim=sgd", "lr=auto"], "auto"),
-        (["optim=rmsprop", "lr=first_1e-3"], 1e-3),
-        (["experiment=cifar10_densenet40_momentum_adaptive", "lr=first_1.0"], 1.0),  # command line wins
+        (["optim=sgd", "lr.first_epoch=auto"], "auto"),
+        (["optim=rmsprop", "lr.first_epoch=1e-3"], 1e-3),
+        (["experiment=cifar10_densenet40_momentum_adaptive", "lr.first_epoch=1.0"], 1.0),  # command line wins
+        (["experiment=cifar10_densenet40_momentum_adaptive", "lr.first_epoch=null"], 0.1),  # back to the rule's own
     ],
 )
 def test_first_epoch_rate_override(overrides: List[str], expected, tmp_path: Path):
