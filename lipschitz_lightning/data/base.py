@@ -104,11 +104,13 @@ class ResumableDataLoader(DataLoader):
         self.skip_batches = skip_batches
 
     def __iter__(self) -> Iterator[Any]:
-        iterator = super().__iter__()
+        # A generator: nothing is drawn from the sampler before the first batch is asked for,
+        # that is after Lightning's set_epoch (it creates the iterator of a resumed epoch before).
         skip, self.skip_batches = self.skip_batches, 0
+        iterator = super().__iter__()
         for _ in range(skip):
             next(iterator)
-        return iterator
+        yield from iterator
 
 
 class ImageTensorDataset(Dataset):
@@ -322,9 +324,11 @@ class BaseDataModule(pl.LightningDataModule):
 
 
 def _rng_states() -> dict[str, Any]:
+    # Plain values and tensors only: checkpoints load with torch.load(weights_only=True).
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -334,7 +338,8 @@ def _rng_states() -> dict[str, Any]:
 
 def _set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    kind, key, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
