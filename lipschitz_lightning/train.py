@@ -486,8 +486,9 @@ class ReportFailedJobs(HydraCallback):
         try:
             job_return.return_value  # a failed job's return value raises its exception
         except Exception as error:  # noqa: BLE001 - any job failure is listed
-            line = str(error) if isinstance(error, JobFailed) else f"{type(error).__name__}: {error}"
-        Path(job_return.working_dir or HydraConfig.get().runtime.output_dir, "FAILED").write_text(
+            # By name: under `python -m` the job raises __main__.JobFailed, not this module's class.
+            line = str(error) if type(error).__name__ == "JobFailed" else f"{type(error).__name__}: {error}"
+        Path(HydraConfig.get().runtime.output_dir, "FAILED").write_text(
             f"{shlex.join(job_return.overrides or [])}\n{line}\n")
         job_return.status = JobStatus.COMPLETED
         job_return.return_value = None
