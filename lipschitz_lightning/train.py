@@ -59,12 +59,15 @@ USER_ERRORS = (LipschitzLRError, DatasetNotFoundError, DatasetCorruptError, NonF
 
 # Warnings no user can act on, silenced once here: Lightning's advice about ckpt_path=None (a new
 # run has nothing to resume, see _check_run_folder), about mid-epoch resume (the datamodules skip
-# the finished batches, see BaseDataModule.state_dict), and dependencies' own deprecations.
+# the finished batches, see BaseDataModule.state_dict), about sync_dist for values already equal on
+# every rank, and dependencies' own deprecations.
 KNOWN_NOISE = (
     r".*\.fit\(ckpt_path=None\)` was called without a model",
     r'.*\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint',
     r"You're resuming from a checkpoint that ended before the epoch ended",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+    # LipschitzLR's values are reduced across ranks by the callback: identical on every rank.
+    r".*self\.log\('lipschitz/.*sync_dist=True",
 )
 
 

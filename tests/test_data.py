@@ -536,7 +536,7 @@ def test_loaders_need_setup_and_workers_persist() -> None:
     with pytest.raises(RuntimeError, match="call setup"):
         dm.train_dataloader()
     dm.setup()
-    assert dm.train_dataloader().persistent_workers
+    assert dm.train_dataloader().persistent_workers and dm.train_dataloader().num_workers == 1
     assert dm.probe_dataloader().batch_size == dm.batch_size
     serial = SyntheticDataModule(num_train=8, num_test=4)
     serial.setup()
@@ -579,3 +579,19 @@ def test_corrupt_mnist_gz_says_corrupt_not_missing(tmp_path: Path, monkeypatch: 
         (raw / name).write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(DatasetCorruptError, match=r"corrupt file: .*train-images-idx3-ubyte\.gz \(md5 "):
         MNISTDataModule(str(tmp_path)).prepare_data()
+
+
+def test_workers_never_exceed_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """num_workers=4 (the CIFAR and MNIST configs) on a 2-core machine: 2 workers; with 2 DDP processes: 1 each."""
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    dm = SyntheticDataModule(num_train=8, num_test=4, num_workers=4)
+    dm.setup()
+    assert dm.train_dataloader().num_workers == 2
+
+    class TwoDevices:
+        num_devices = 2
+
+    dm.trainer = TwoDevices()
+    assert dm.val_dataloader().num_workers == 1

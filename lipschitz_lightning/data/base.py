@@ -232,10 +232,7 @@ class BaseDataModule(pl.LightningDataModule):
             raise ValueError(f"{name}: seed must be an int; got {seed!r}")
         self.data_dir = str(data_dir)
         self.batch_size = batch_size
-        cores = os.cpu_count() or 1
-        if num_workers > cores:
-            rank_zero_info(f"{name}: num_workers={num_workers} lowered to the machine's {cores} cores")
-        self.num_workers = min(num_workers, cores)
+        self.num_workers = num_workers
         self.seed = seed
         self.pin_memory = pin_memory
         self.shuffle = shuffle
@@ -247,17 +244,30 @@ class BaseDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, split: str, **kwargs: Any) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the {split} dataloader")
-        if self.num_workers > 0:
+        workers = self.worker_count()
+        if workers > 0:
             kwargs["persistent_workers"] = True
         # A generator of its own: creating the iterator then draws nothing from the global stream.
         return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=self.pin_memory,
             generator=torch.Generator().manual_seed(self.seed),
             **kwargs,
         )
+
+    def worker_count(self) -> int:
+        """``num_workers``, at most this process's share of the machine's cores (processes per
+        machine: the trainer's devices), so a config made for a big machine does not oversubscribe a small one."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        processes = self.trainer.num_devices if self.trainer is not None else 1
+        share = max(1, cores // max(1, processes))
+        if self.num_workers > share and not getattr(self, "_said_workers", False):
+            self._said_workers = True
+            rank_zero_info(f"{type(self).__name__}: num_workers={self.num_workers} lowered to {share} "
+                           f"({cores} cores, {processes} process(es) per machine)")
+        return min(self.num_workers, share)
 
     def train_dataloader(self) -> DataLoader:
         """Training split, shuffled by epoch unless ``shuffle=False`` (augmented per batch)."""
