@@ -6,6 +6,10 @@ Single device (the paper's headline run: CIFAR-10, ResNet20, adaptive SGD)::
     python -m lipschitz_lightning.train model=densenet40 optim=adamo lr.first_epoch=0.5
     python -m lipschitz_lightning.train experiment=cifar10_densenet40_momentum_adaptive
 
+Resume a stopped run in its own folder (same TensorBoard run, same checkpoint history)::
+
+    python -m lipschitz_lightning.train resume=logs/train/runs/<run>     # + the run's own overrides
+
 Several devices (the rate is the same for any device count at the same effective batch)::
 
     python -m lipschitz_lightning.train trainer=ddp trainer.devices=4 dataset.batch_size=32
@@ -15,9 +19,9 @@ Sweep::
     python -m lipschitz_lightning.train --multirun optim=sgd,adamo,auto_adam
 
 The configs are the repository's ``conf/`` folder (``conf/train.yaml`` is the root), shipped in
-the wheel as ``lipschitz_lightning/conf`` (:func:`lipschitz_lightning.configs.config_dir`). ``train(cfg)``
-is a plain function (build, fit, test, return the metrics); ``main`` is the Hydra wrapper that
-turns a :class:`ConfigError` into one ``error: ...`` line and exit status 2.
+the wheel as ``lipschitz_lightning/conf`` (:func:`lipschitz_lightning.configs.config_dir`).
+``train(cfg)`` is a plain function: check, build, fit, test, return the metrics. ``main`` is the
+Hydra wrapper and the one place that turns a failure into its one line and exit status.
 """
 
 from __future__ import annotations
@@ -25,38 +29,104 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
+import shlex
+import signal
 import sys
+import time
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from lipschitz_lightning.callbacks import LipschitzLR, LipschitzLRError, check_optimizer, find_head
+from lipschitz_lightning.callbacks import LipschitzLRError, NonFiniteError, check_optimizer, find_head
 from lipschitz_lightning.configs import config_dir
-from lipschitz_lightning.modules import SupervisedModule
+from lipschitz_lightning.data import DatasetCorruptError, DatasetNotFoundError
 
-__all__ = ["ConfigError", "main", "train"]
+__all__ = ["ConfigError", "ReportFailedJobs", "main", "train"]
 
 log = logging.getLogger(__name__)
+
+# Failures that are the user's to fix: main() prints their message as one line (exit status 2).
+USER_ERRORS = (LipschitzLRError, DatasetNotFoundError, DatasetCorruptError, NonFiniteError)
+
+
+# Warnings no user can act on, silenced once here: Lightning's advice about ckpt_path=None (a new
+# run has nothing to resume, see _check_run_folder), about mid-epoch resume (the datamodules skip
+# the finished batches, see BaseDataModule.state_dict), about sync_dist for values already equal on
+# every rank, and dependencies' own deprecations.
+KNOWN_NOISE = (
+    r".*\.fit\(ckpt_path=None\)` was called without a model",
+    r'.*\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint',
+    r"You're resuming from a checkpoint that ended before the epoch ended",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+    # LipschitzLR's values are reduced across ranks by the callback: identical on every rank.
+    r".*self\.log\('lipschitz/.*sync_dist=True",
+)
 
 
 class ConfigError(ValueError):
     """A configuration that cannot train, found before training starts (one-line message)."""
 
 
-def _data_errors() -> Tuple[type, ...]:
-    """The datamodules' missing-data and corrupt-file exceptions (their messages are one line)."""
-    from lipschitz_lightning.data import DatasetCorruptError, DatasetNotFoundError
-
-    return DatasetNotFoundError, DatasetCorruptError
+# --------------------------------------------------------------------------- run folders
 
 
-# --------------------------------------------------------------------------- config helpers
+def new_run_dir(runs_dir: str, resume: Optional[str] = None, ckpt_path: Optional[str] = None) -> str:
+    """The folder of this run: ``resume``'s, the run that holds ``ckpt_path``, or a new one.
+
+    A new folder is ``<runs_dir>/<date>_<time>_<4 hex>``, created here (``os.makedirs`` without
+    ``exist_ok`` is the atomic claim), so two runs started in the same second never share one.
+    Inside a SLURM job it is ``slurm-<job id>``: a requeued job finds its folder and Lightning's
+    ``hpc_ckpt`` in it. Used as ``hydra.run.dir`` through the ``run_dir`` resolver.
+    """
+    if resume:
+        return str(Path(resume).expanduser().absolute())
+    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints" and (Path(ckpt_path).parents[1] / ".hydra").is_dir():
+        return str(Path(ckpt_path).expanduser().absolute().parents[1])
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job and os.environ.get("SLURM_ARRAY_TASK_ID") and os.environ.get("SLURM_ARRAY_JOB_ID"):
+        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    for _ in range(100):
+        name = f"slurm-{job}" if job else time.strftime("%Y-%m-%d_%H-%M-%S_") + secrets.token_hex(2)
+        path = Path(runs_dir) / name
+        try:
+            path.mkdir(parents=True, exist_ok=bool(job))
+        except FileExistsError:
+            continue
+        except OSError as error:
+            sys.stderr.write(f"error: cannot create the run folder {path} ({error.strerror}); "
+                             f"set paths.log_dir to a writable folder\n")
+            sys.exit(2)
+        return str(path)
+    raise RuntimeError(f"no free run folder name in {runs_dir}")
+
+
+_RUN_DIRS: Dict[tuple, str] = {}
+
+
+def _run_dir_resolver(runs_dir: str, resume: Optional[str] = None, ckpt_path: Optional[str] = None) -> str:
+    # Hydra (and Lightning, when it re-launches DDP processes) read hydra.run.dir more than once:
+    # one folder per process and arguments.
+    key = (runs_dir, resume, ckpt_path)
+    if key not in _RUN_DIRS:
+        _RUN_DIRS[key] = new_run_dir(runs_dir, resume, ckpt_path)
+    return _RUN_DIRS[key]
+
+
+OmegaConf.register_new_resolver("run_dir", _run_dir_resolver, replace=True)
+
+
+# --------------------------------------------------------------------------- pre-flight checks
 
 
 def _choice(cfg: DictConfig, group: str) -> str:
@@ -70,34 +140,44 @@ def _choice(cfg: DictConfig, group: str) -> str:
     return str(target).rsplit(".", 1)[-1] if target else group
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    """Unwrap Hydra's InstantiationException to the exception the target raised."""
-    while isinstance(exc, hydra.errors.InstantiationException) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
-
-
-def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that turns a ValueError/TypeError of the target into a ConfigError."""
+def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``; a bad value (ValueError/TypeError of the target) is a ConfigError."""
     try:
         # _convert_="all": plain lists and dicts reach the targets (and the checkpoints), not OmegaConf nodes.
         return hydra.utils.instantiate(node, _convert_="all", **kwargs)
     except hydra.errors.InstantiationException as exc:
-        cause = _root_cause(exc)
-        if isinstance(cause, _data_errors()):
+        cause = exc
+        while isinstance(cause, hydra.errors.InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, USER_ERRORS):
             raise cause from None
-        if isinstance(cause, (ValueError, TypeError)):
+        if isinstance(cause, (ValueError, TypeError, ImportError)):
             raise ConfigError(f"{what}: {cause}") from exc
+        if isinstance(cause, hydra.errors.InstantiationException):
+            raise ConfigError(f"{what}: {str(cause).splitlines()[0]}") from exc
         raise
 
 
-def _check_positive(cfg: DictConfig) -> None:
-    epochs = OmegaConf.select(cfg, "trainer.max_epochs")
-    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs <= 0):
-        raise ConfigError(f"trainer.max_epochs must be a positive integer; got {epochs!r}")
-    batch_size = OmegaConf.select(cfg, "dataset.batch_size")
-    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0):
-        raise ConfigError(f"dataset.batch_size must be a positive integer; got {batch_size!r}")
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# The run's top-level numbers, checked once, before anything is built: (key, test, what it must be).
+VALUE_CHECKS = (
+    ("trainer.max_epochs", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+    ("dataset.batch_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+    ("weight_decay", lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+    ("lr.first_epoch", lambda v: v is None or (_is_number(v) and v > 0), "a positive number or null"),
+    ("seed", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer or null"),
+)
+
+
+def _check_values(cfg: DictConfig) -> None:
+    absent = object()
+    for key, valid, must_be in VALUE_CHECKS:
+        value = OmegaConf.select(cfg, key, default=absent)
+        if value is not absent and not valid(value):
+            raise ConfigError(f"{key} must be {must_be}; got {value!r}")
 
 
 def _build_net(cfg: DictConfig, datamodule: pl.LightningDataModule) -> torch.nn.Module:
@@ -118,7 +198,6 @@ def _build_net(cfg: DictConfig, datamodule: pl.LightningDataModule) -> torch.nn.
     input_shape = tuple(datamodule.input_shape)
     net = _instantiate(cfg.model, where, input_shape=input_shape, num_outputs=datamodule.num_outputs)
     # One tiny forward pass catches shape mismatches that only show in forward().
-    was_training = net.training
     net.eval()
     try:
         with torch.no_grad():
@@ -126,62 +205,170 @@ def _build_net(cfg: DictConfig, datamodule: pl.LightningDataModule) -> torch.nn.
     except (RuntimeError, ValueError) as exc:
         raise ConfigError(f"{where}: input of shape {input_shape} does not fit the model ({exc})") from exc
     finally:
-        net.train(was_training)
+        net.train()
     if tuple(out.shape) != (2, datamodule.num_outputs):
         raise ConfigError(
             f"{where}: the model outputs shape {tuple(out.shape[1:])} per sample, "
             f"the dataset needs ({datamodule.num_outputs},)"
         )
+    shape = (f"{input_shape[0]}-channel {input_shape[1]}x{input_shape[2]} images" if len(input_shape) == 3
+             else f"inputs of shape {input_shape}")
+    log.info(f"{model_name}: built for {dataset_name}'s {shape} and {datamodule.num_outputs} output(s)")
     return net
 
 
-def _build_callbacks(cfg: DictConfig) -> List[pl.Callback]:
-    callbacks: List[pl.Callback] = []
-    for name, node in (cfg.get("callbacks") or {}).items():
-        if isinstance(node, DictConfig) and "_target_" in node:
-            callbacks.append(_instantiate(node, f"callbacks.{name}"))
-    return callbacks
-
-
-def _build_loggers(cfg: DictConfig) -> List[Any]:
-    loggers: List[Any] = []
-    for name, node in (cfg.get("logger") or {}).items():
-        if isinstance(node, DictConfig) and "_target_" in node:
-            loggers.append(_instantiate(node, f"logger.{name}"))
-    return loggers
-
-
-def _build_lipschitz(
-    cfg: DictConfig, datamodule: pl.LightningDataModule, module: pl.LightningModule, optimizer: Any
-) -> Optional[LipschitzLR]:
-    """The optim option's LipschitzLR callback, checked against the optimizer before training."""
-    node = cfg.optim.get("callback")
-    first_epoch = OmegaConf.select(cfg, "lr.first_epoch")
-    if node is None:
-        if first_epoch is not None:
-            warnings.warn(
-                f"lr.first_epoch={first_epoch} is ignored: optim={_choice(cfg, 'optim')} does not use LipschitzLR",
-                stacklevel=2,
-            )
-        return None
-    callback = _instantiate(node, f"optim={_choice(cfg, 'optim')}", loss=datamodule.loss)
+def _check_optimizer(cfg: DictConfig, optimizer: Any, lipschitz: Any) -> torch.optim.Optimizer:
+    """Build the optimizer once on a stand-in parameter: its arguments' types and values, and
+    whether it fits the LipschitzLR rule. Returns that optimizer (for the checkpoint check)."""
+    what = f"optim={_choice(cfg, 'optim')}"
     try:
-        # Head names are relative to the LightningModule, as the callback resolves them in fit.
-        find_head(module, callback.head_name)
-        # A throwaway optimizer on the module's parameters: same class and param-group values.
-        check_optimizer(callback.rule, optimizer(params=module.parameters()))
-    except ValueError as exc:
-        raise ConfigError(f"optim={_choice(cfg, 'optim')}: {exc}") from exc
-    return callback
+        probe = optimizer(params=[torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{what}: {exc} (check optim.optimizer.* and weight_decay)") from exc
+    if lipschitz is not None:
+        try:
+            check_optimizer(lipschitz.rule, probe)
+        except ValueError as exc:
+            raise ConfigError(f"{what}: {exc}") from exc
+    return probe
 
 
-def _log_hyperparameters(cfg: DictConfig, loggers: List[Any], module: pl.LightningModule) -> None:
-    if not loggers:
+def _check_checkpoint(path: str, module: pl.LightningModule, lipschitz: Any, optimizer: torch.optim.Optimizer,
+                      seed: Any) -> None:
+    """The checkpoint exists, is a Lightning checkpoint, and fits this run's model, rule, optimizer and seed."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"ckpt_path: no such file: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises many types on a file that is not a checkpoint
+        raise ConfigError(f"ckpt_path: {path} is not a checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "loops" not in checkpoint:
+        raise ConfigError(f"ckpt_path: {path} is not a Lightning training checkpoint (no state_dict/loops)")
+    ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+    if ours != theirs:
+        diff = sorted(set(ours.items()) ^ set(theirs.items()))[:2]
+        raise ConfigError(f"ckpt_path: {path} holds another model than this run's (first differences: {diff}); "
+                          "resume with the overrides of the run that wrote it")
+    rules = {state.get("rule") for key, state in checkpoint.get("callbacks", {}).items() if key.startswith("LipschitzLR")}
+    rule = lipschitz.rule if lipschitz is not None else None
+    if rules and rule not in rules or (rule is not None and not rules):
+        raise ConfigError(f"ckpt_path: {path} was trained with LipschitzLR rule {sorted(map(str, rules)) or 'none'}, "
+                          f"this run uses {rule or 'no LipschitzLR'}; pass the run's own optim=")
+    saved_groups = [s.get("param_groups", [{}])[0] for s in checkpoint.get("optimizer_states", [])]
+    if saved_groups and set(saved_groups[0]) - {"params"} != set(optimizer.param_groups[0]) - {"params"}:
+        raise ConfigError(f"ckpt_path: {path} was trained with another optimizer than {type(optimizer).__name__}; "
+                          "pass the run's own optim=")
+    for key, state in checkpoint.items():
+        if isinstance(state, dict) and "batches_done" in state and state.get("seed", seed) != seed:
+            raise ConfigError(f"ckpt_path: {path} was trained with seed={state['seed']}, this run has seed={seed}; "
+                              f"resume with seed={state['seed']}")
+
+
+def _resume_path(cfg: DictConfig) -> Optional[str]:
+    """The checkpoint to continue: ``ckpt_path``, or the newest of ``resume``'s run folder."""
+    ckpt_path, resume = cfg.get("ckpt_path"), cfg.get("resume")
+    if ckpt_path and resume:
+        raise ConfigError("give either resume=<run folder> or ckpt_path=<checkpoint>, not both")
+    if not resume:
+        return str(ckpt_path) if ckpt_path else None
+    folder = Path(str(resume)) / "checkpoints"
+    found = [folder / n for n in ("on_exception.ckpt", "last.ckpt") if (folder / n).is_file()]
+    if not found:
+        raise ConfigError(f"resume: no last.ckpt or on_exception.ckpt in {folder}")
+    return str(max(found, key=lambda p: p.stat().st_mtime))
+
+
+def _check_run_folder(cfg: DictConfig, ckpt_path: Optional[str]) -> None:
+    """A new run never continues (or overwrites) another run's checkpoints by accident."""
+    folder = Path(str(OmegaConf.select(cfg, "paths.output_dir") or ".")) / "checkpoints"
+    if ckpt_path or int(os.environ.get("LOCAL_RANK", "0")) != 0 or not folder.is_dir():
         return
-    params: Dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    params["model/params"] = sum(p.numel() for p in module.parameters())
-    for logger in loggers:
-        logger.log_hyperparams(params)
+    if any(folder.glob("*.ckpt")) and not any(folder.parent.glob("hpc_ckpt_*.ckpt")):
+        raise ConfigError(f"{folder.parent} already holds a run's checkpoints: continue it with "
+                          f"resume={folder.parent}, or start a new run in another folder")
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(cfg: DictConfig) -> Dict[str, float]:
+    """Check ``cfg``; build datamodule, module, callbacks, loggers and trainer; fit; test.
+
+    Args:
+        cfg: the composed ``conf/train.yaml`` (or any config with the same keys).
+
+    Returns:
+        The final metrics as floats: the fit's last-epoch values (``train/*``, ``val/*``,
+        ``lipschitz/*``) and the test set's (``test/*``), so sweepers can optimise any of them.
+
+    Raises:
+        ConfigError: a configuration that cannot train, found before training starts.
+        DatasetNotFoundError, DatasetCorruptError: missing or corrupt data (the message says which file).
+        LipschitzLRError: LipschitzLR has no usable first rate (raised before the first step).
+        NonFiniteError: the loss or the weights stopped being finite.
+        SIGTERMException: SIGTERM or Ctrl-C stopped training; the checkpoint is written.
+    """
+    for pattern in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    _check_values(cfg)
+    ckpt_path = _resume_path(cfg)
+    _check_run_folder(cfg, ckpt_path)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule: pl.LightningDataModule = _instantiate(cfg.dataset, f"dataset={_choice(cfg, 'dataset')}")
+    net = _build_net(cfg, datamodule)
+    optimizer = _instantiate(cfg.optim.optimizer, f"optim={_choice(cfg, 'optim')}")
+    module: pl.LightningModule = _instantiate(
+        cfg.module, "module", net=net, optimizer=optimizer, loss=datamodule.loss, num_outputs=datamodule.num_outputs
+    )
+    lipschitz = None
+    if cfg.optim.get("callback") is not None:
+        lipschitz = _instantiate(cfg.optim.callback, f"optim={_choice(cfg, 'optim')}", loss=datamodule.loss)
+        try:
+            find_head(module, lipschitz.head_name)  # names relative to the LightningModule, as in fit
+        except ValueError as exc:
+            raise ConfigError(f"optim={_choice(cfg, 'optim')}: {exc}") from exc
+    elif OmegaConf.select(cfg, "lr.first_epoch") is not None:
+        log.warning(f"lr.first_epoch is ignored: optim={_choice(cfg, 'optim')} does not use LipschitzLR")
+    probe_optimizer = _check_optimizer(cfg, optimizer, lipschitz)
+    if ckpt_path:
+        _check_checkpoint(ckpt_path, module, lipschitz, probe_optimizer, datamodule.seed)
+    # Missing or corrupt data fails here, before the trainer, a logger or a checkpoint exists
+    # (files fetched by one process per machine, as Lightning does; setup() is not repeated in fit).
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        datamodule.prepare_data()
+    datamodule.setup("fit")
+
+    callbacks: List[pl.Callback] = [
+        _instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()
+    ] + ([lipschitz] if lipschitz is not None else [])
+    loggers = [_instantiate(node, f"logger.{name}") for name, node in (cfg.get("logger") or {}).items()]
+    trainer: pl.Trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    if loggers and not ckpt_path:
+        params: Dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        params["model/params"] = sum(p.numel() for p in module.parameters())
+        for logger in loggers:
+            logger.log_hyperparams(params)
+
+    metrics: Dict[str, float] = {}
+    if cfg.get("train", True):
+        with _ctrl_c_stops_after_this_batch():
+            # ckpt_path=None: Lightning resumes the folder's own checkpoint (there is none in a new run,
+            # see _check_run_folder) or, in a requeued SLURM job, its hpc checkpoint.
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics.update(_as_floats(trainer.callback_metrics))
+    if cfg.get("test", True):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        test_ckpt = best if cfg.get("train", True) else ckpt_path
+        if test_ckpt is None:
+            log.info("testing the current weights (no best checkpoint)")
+        trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
+        metrics.update(_as_floats(trainer.callback_metrics))
+    metrics = {k: v for k, v in metrics.items() if math.isfinite(v) or k.startswith("lipschitz/")}
+    _report(metrics, trainer)
+    return metrics
 
 
 def _as_floats(metrics: Dict[str, Any]) -> Dict[str, float]:
@@ -194,71 +381,28 @@ def _as_floats(metrics: Dict[str, Any]) -> Dict[str, float]:
     return out
 
 
-# --------------------------------------------------------------------------- train
+class _ctrl_c_stops_after_this_batch:
+    """Ctrl-C during fit finishes the running batch, writes the checkpoint and stops, exactly as
+    SIGTERM does (Lightning's handler: it stops at a batch boundary, so the run resumes exactly);
+    a second Ctrl-C interrupts at once."""
 
+    received = False
 
-def train(cfg: DictConfig) -> Dict[str, float]:
-    """Build datamodule, module, callbacks, loggers and trainer from ``cfg``; fit; test.
+    def __enter__(self) -> None:
+        type(self).received = False
+        self._previous = signal.getsignal(signal.SIGINT)
+        if self._previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._handle)
 
-    Args:
-        cfg: the composed ``conf/train.yaml`` (or any config with the same keys).
+    def _handle(self, signum: int, frame: Any) -> None:
+        type(self).received = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        log.warning("Ctrl-C: stopping after this batch and writing the checkpoint (Ctrl-C again to stop at once)")
+        os.kill(os.getpid(), signal.SIGTERM)
 
-    Returns:
-        The final metrics as floats: the fit's last-epoch values (``train/*``, ``val/*``,
-        ``lipschitz/*``) and the test set's (``test/*``), so sweepers can optimise any of them.
-
-    Raises:
-        ConfigError: a configuration that cannot train, found before training starts.
-        DatasetNotFoundError: the dataset's files are missing (the message says where to put them).
-        DatasetCorruptError: a dataset file fails its checksum (the message names it).
-        LipschitzLRError: LipschitzLR has no usable first rate (raised before the first step).
-    """
-    _check_positive(cfg)
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
-
-    datamodule: pl.LightningDataModule = _instantiate(cfg.dataset, f"dataset={_choice(cfg, 'dataset')}")
-    if getattr(datamodule, "batch_size", 1) is not None and datamodule.batch_size <= 0:
-        raise ConfigError(f"dataset.batch_size must be a positive integer; got {datamodule.batch_size!r}")
-    net = _build_net(cfg, datamodule)
-    optimizer = _instantiate(cfg.optim.optimizer, f"optim={_choice(cfg, 'optim')}")
-    module = SupervisedModule(net=net, optimizer=optimizer, loss=datamodule.loss, num_outputs=datamodule.num_outputs,
-                              compile=cfg.get("compile", False), channels_last=cfg.get("channels_last", False))
-    lipschitz = _build_lipschitz(cfg, datamodule, module, optimizer)
-
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        # Missing data fails here, before any trainer state (or on-exception checkpoint) exists.
-        # One process per machine, as Lightning does; DDP processes launched later find the files.
-        datamodule.prepare_data()
-
-    callbacks = _build_callbacks(cfg)
-    if lipschitz is not None:
-        callbacks.append(lipschitz)
-    loggers = _build_loggers(cfg)
-    trainer: pl.Trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
-    _log_hyperparameters(cfg, loggers, module)
-
-    metrics: Dict[str, float] = {}
-    if cfg.get("train", True):
-        with warnings.catch_warnings():
-            # With OnExceptionCheckpoint, ckpt_path=None means "resume from this run's last or
-            # on-exception checkpoint if there is one": say nothing when there is none (a new run).
-            warnings.filterwarnings("ignore", message=r".*\.fit\(ckpt_path=None\)` was called without a model")
-            warnings.filterwarnings("ignore", message=r'.*\.fit\(ckpt_path="last"\) is set, but there is no last')
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        metrics.update(_as_floats(trainer.callback_metrics))
-    if cfg.get("test", True):
-        checkpoint = trainer.checkpoint_callback
-        ckpt_path = getattr(checkpoint, "best_model_path", "") or None
-        if not cfg.get("train", True):
-            ckpt_path = cfg.get("ckpt_path")
-        if ckpt_path is None:
-            log.info("testing the current weights (no best checkpoint)")
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        metrics.update(_as_floats(trainer.callback_metrics))
-    metrics = {k: v for k, v in metrics.items() if math.isfinite(v) or k.startswith("lipschitz/")}
-    _report(metrics, trainer)
-    return metrics
+    def __exit__(self, *exc: Any) -> None:
+        if signal.getsignal(signal.SIGINT) == self._handle:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 @rank_zero_only
@@ -273,19 +417,102 @@ def _report(metrics: Dict[str, float], trainer: pl.Trainer) -> None:
             log.info(f"TensorBoard logs: {logger.log_dir}  (tensorboard --logdir {logger.log_dir})")
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.dirpath:
-        log.info(f"checkpoints: {checkpoint.dirpath}  (resume with ckpt_path=<dir>/last.ckpt)")
+        log.info(f"checkpoints: {checkpoint.dirpath}")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _resume_command(cfg: DictConfig) -> str:
+    """The command line that continues this run: its own overrides, plus resume=<its folder>."""
+    run_dir = str(OmegaConf.select(cfg, "paths.output_dir"))
+    overrides = []
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if not o.split("=", 1)[0].lstrip("+~") in ("resume", "ckpt_path", "hydra.run.dir")]
+    return shlex.join([sys.executable, "-m", "lipschitz_lightning.train", *overrides, f"resume={run_dir}"])
+
+
+def _failure_line(cfg: DictConfig, exc: BaseException) -> Optional[tuple]:
+    """``(line, exit status)`` for a failure that is the user's to act on; None for a bug."""
+    if isinstance(exc, SIGTERMException):
+        how = "Ctrl-C" if _ctrl_c_stops_after_this_batch.received else "SIGTERM"
+        status = 130 if how == "Ctrl-C" else 143
+        return f"stopped by {how}; checkpoint written; resume with: {_resume_command(cfg)}", status
+    if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 1):
+        return f"interrupted; resume with: {_resume_command(cfg)}", 130
+    if isinstance(exc, (ConfigError, *USER_ERRORS)):
+        return f"error: {exc}", 2
+    return None
 
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> Optional[float]:
-    """Hydra entry point: run :func:`train`, print a bad configuration as one line (exit 2)."""
+    """Hydra entry point: run :func:`train`; a user's failure is one line and a non-zero status.
+
+    In a multirun the failure is raised for Hydra to record (the sweep goes on; see
+    :class:`ReportFailedJobs`); a single run exits with the status.
+    """
     try:
         metrics = train(cfg)
-    except (ConfigError, LipschitzLRError, *_data_errors()) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        sys.exit(2)
+    except BaseException as exc:  # noqa: B036 - SIGTERM arrives as SystemExit
+        failure = _failure_line(cfg, exc)
+        if failure is None:
+            raise
+        line, status = failure
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        if HydraConfig.initialized() and HydraConfig.get().mode == hydra.types.RunMode.MULTIRUN:
+            raise JobFailed(line) from None
+        sys.exit(status)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
+
+
+class JobFailed(RuntimeError):
+    """One job of a multirun failed; its line was printed."""
+
+
+class ReportFailedJobs(HydraCallback):
+    """A multirun goes on past a failing job and lists the failed ones at the end (exit status 2).
+
+    Each failed job leaves ``<job dir>/FAILED`` with its line (launchers may run jobs in other
+    processes); the job is recorded as done so that Hydra's sweeper starts the next one.
+    """
+
+    def __init__(self) -> None:
+        self.sweep_dir: Optional[Path] = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status != JobStatus.FAILED or not HydraConfig.get().mode == hydra.types.RunMode.MULTIRUN:
+            return
+        try:
+            job_return.return_value  # a failed job's return value raises its exception
+        except Exception as error:  # noqa: BLE001 - any job failure is listed
+            # By name: under `python -m` the job raises __main__.JobFailed, not this module's class.
+            line = str(error) if type(error).__name__ == "JobFailed" else f"{type(error).__name__}: {error}"
+        Path(HydraConfig.get().runtime.output_dir, "FAILED").write_text(
+            f"{shlex.join(job_return.overrides or [])}\n{line}\n")
+        job_return.status = JobStatus.COMPLETED
+        job_return.return_value = None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        failed = sorted(self.sweep_dir.glob("*/FAILED")) if self.sweep_dir else []
+        if not failed:
+            return
+        # Name each failed job by what the sweep varied (the overrides not shared by every job).
+        every = [set(OmegaConf.load(f)) for f in self.sweep_dir.glob("*/.hydra/overrides.yaml")]
+        shared = set.intersection(*every) if every else set()
+        sys.stderr.write(f"{len(failed)} job(s) of the multirun failed:\n")
+        for marker in failed:
+            overrides, line = (marker.read_text().splitlines() + ["", ""])[:2]
+            varied = " ".join(o for o in shlex.split(overrides) if o not in shared)
+            sys.stderr.write(f"  job {marker.parent.name} ({varied}): {line}\n")
+        sys.stderr.flush()
+        sys.exit(2)
 
 
 if __name__ == "__main__":

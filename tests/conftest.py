@@ -73,7 +73,9 @@ def tiny_cfg(tmp_path: Path, *extra: str, kind: str = "image", loss: str = "soft
 
 def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m lipschitz_lightning.train <args>`` in ``cwd``; capture text output."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
+    # The repository first on the path: this checkout's package and the tests' helper callbacks.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0", PYTHONPATH=path)
     env.pop("LIPSCHITZ_DATA", None)
     return subprocess.run(
         [sys.executable, "-m", "lipschitz_lightning.train", *args],

@@ -26,7 +26,7 @@ from lipschitz_lightning.data import SklearnDataModule, SyntheticDataModule
 from lipschitz_lightning.train import _build_net
 from tests.conftest import CONF_DIR, compose_train, path_overrides
 
-GROUPS = ["dataset", "model", "optim", "lr", "trainer", "logger", "callbacks", "paths", "hydra", "debug", "experiment"]
+GROUPS = ["dataset", "model", "module", "optim", "lr", "trainer", "logger", "callbacks", "paths", "hydra", "debug", "experiment"]
 
 
 def options(group: str) -> List[str]:
@@ -83,8 +83,8 @@ def test_root_defaults_and_order():
     """Defaults: dataset=cifar10 model=resnet20 optim=sgd; groups in the template's order."""
     root = yaml.safe_load((CONF_DIR / "train.yaml").read_text())
     order = [next(iter(entry)) if isinstance(entry, dict) else entry for entry in root["defaults"]]
-    assert order == ["_self_", "dataset", "model", "optim", "lr", "trainer", "logger", "callbacks", "paths",
-                     "hydra", "experiment", "hparams_search", "debug"]
+    assert order == ["_self_", "dataset", "model", "module", "optim", "lr", "trainer", "logger", "callbacks",
+                     "paths", "hydra", "experiment", "hparams_search", "debug"]
     cfg = compose_train(hydra_config=True)
     choices = cfg.hydra.runtime.choices
     assert (choices.dataset, choices.model, choices.optim) == ("cifar10", "resnet20", "sgd")
@@ -106,7 +106,9 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
         overrides.append(f"{group}={option}")
     cfg = compose_train(overrides, hydra_config=group == "hydra")
     if group == "hydra":
-        assert "${task_name}" in OmegaConf.to_container(cfg.hydra, resolve=False)["run"]["dir"]
+        hydra_cfg = OmegaConf.to_container(cfg.hydra, resolve=False)
+        assert "${task_name}" in hydra_cfg["run"]["dir"] and "${run_dir:" in hydra_cfg["run"]["dir"]
+        assert hydra_cfg["callbacks"]["report_failed_jobs"]["_target_"] == "lipschitz_lightning.train.ReportFailedJobs"
         return
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # every interpolation resolves
     if group == "paths":
@@ -121,6 +123,11 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
         x, y = next(iter(datamodule.train_dataloader()))
         assert tuple(x.shape[1:]) == tuple(datamodule.input_shape)
 
+    if group == "module":
+        net = _build_net(cfg, datamodule)
+        module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optim.optimizer), loss=datamodule.loss,
+                             num_outputs=datamodule.num_outputs)
+        assert isinstance(module, pl.LightningModule) and module.net is net
     if group in ("model", "optim", "lr", "experiment"):
         net = _build_net(cfg, datamodule)
         assert isinstance(net.head, torch.nn.Linear)

@@ -131,11 +131,17 @@ def test_cifar10_binary_datamodule(tmp_path: Path) -> None:
     torch.testing.assert_close(test_x, (torch.from_numpy(content["test_batch.bin"][0]).float() - mean) / 255)
     assert torch.equal(_all_batches(dm.test_dataloader())[0], test_x)
 
-    torch.manual_seed(0)
     train_x, train_y = _all_batches(dm.train_dataloader())
     assert train_y.tolist() == train_labels.tolist()  # shuffle=False keeps the order
-    assert not torch.equal(train_x, probe_x), "the training loader must augment"
-    assert all(_is_flip_translation(a, p) for a, p in zip(train_x, probe_x))
+    assert torch.equal(train_x, probe_x), "the loader serves plain images; the batch hook augments"
+    augmented = torch.cat([dm.augment_batch(x, epoch=0, batch=i) for i, x in enumerate(train_x.split(8))])
+    assert not torch.equal(augmented, probe_x), "training batches must be augmented"
+    assert all(_is_flip_translation(a, p) for a, p in zip(augmented, probe_x))
+    # A pure function of (seed, epoch, batch, rank): what makes a resumed run see the same data.
+    batch = train_x[:8]
+    assert torch.equal(dm.augment_batch(batch, 3, 1), dm.augment_batch(batch, 3, 1))
+    assert not torch.equal(dm.augment_batch(batch, 3, 1), dm.augment_batch(batch, 4, 1))
+    assert not torch.equal(dm.augment_batch(batch, 3, 1), dm.augment_batch(batch, 3, 1, rank=1))
 
 
 def test_cifar10_shuffle_is_seeded_and_differs_from_probe(tmp_path: Path) -> None:
@@ -151,6 +157,46 @@ def test_cifar10_shuffle_is_seeded_and_differs_from_probe(tmp_path: Path) -> Non
     assert order(0) == order(0)
     assert sorted(order(0)) == list(range(20))
     assert order(0) != list(range(20)) and order(0) != order(1)
+
+
+def test_training_order_is_a_function_of_seed_and_epoch() -> None:
+    """Lightning calls set_epoch; a fresh datamodule (a resumed run) gives the same epoch order."""
+    def epoch_order(epoch: int, seed: int = 0) -> list[int]:
+        dm = SyntheticDataModule(input_shape=(1,), num_classes=2, num_train=16, num_test=4, batch_size=4, seed=seed)
+        dm.setup()
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return list(loader.sampler)
+
+    assert epoch_order(2) == epoch_order(2) and sorted(epoch_order(2)) == list(range(16))
+    assert epoch_order(2) != epoch_order(3) and epoch_order(2) != epoch_order(2, seed=1)
+
+
+def test_resumed_epoch_skips_the_finished_batches() -> None:
+    """load_state_dict(batches_done=k): the next training iteration starts at batch k."""
+    dm = SyntheticDataModule(input_shape=(1,), num_classes=2, num_train=16, num_test=4, batch_size=4)
+    dm.setup()
+    full = [y.tolist() for _, y in dm.train_dataloader()]
+    state = dm.state_dict()
+    assert state["seed"] == 0 and state["batches_done"] == 0 and "torch" in state["rng"]
+    resumed = SyntheticDataModule(input_shape=(1,), num_classes=2, num_train=16, num_test=4, batch_size=4)
+    resumed.setup()
+    resumed.load_state_dict({**state, "batches_done": 3})
+    loader = resumed.train_dataloader()
+    assert [y.tolist() for _, y in loader] == full[3:]
+    assert [y.tolist() for _, y in loader] == full, "only the first iteration skips"
+    with pytest.raises(ValueError, match="trained with seed=0, this run has seed=5"):
+        SyntheticDataModule(seed=5).load_state_dict(state)
+
+
+def test_loaders_leave_the_global_random_stream_alone() -> None:
+    """Creating and running any loader draws nothing from torch's global generator (dropout's)."""
+    dm = SyntheticDataModule(input_shape=(2,), num_classes=2, num_train=8, num_test=4, batch_size=4)
+    dm.setup()
+    before = torch.get_rng_state()
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader(), dm.probe_dataloader()):
+        list(loader)
+    assert torch.equal(before, torch.get_rng_state())
 
 
 def test_cifar10_md5_mismatch_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -307,11 +353,13 @@ def test_mnist_generated_raw_files(tmp_path: Path) -> None:
     assert probe_x.shape == (12, 1, 28, 28) and probe_y.tolist() == raw.targets.tolist()
     torch.testing.assert_close(probe_x, raw.data.unsqueeze(1).float() / 255)
     assert torch.equal(_all_batches(dm.probe_dataloader())[0], probe_x)
-    torch.manual_seed(0)
     train_x, train_y = _all_batches(dm.train_dataloader())
     assert train_y.tolist() == probe_y.tolist() and train_x.shape == probe_x.shape
-    assert not torch.equal(train_x, probe_x)
-    assert 0.0 <= train_x.min() and train_x.max() <= 1.0
+    augmented = dm.augment_batch(train_x, epoch=0, batch=0)
+    assert augmented.shape == probe_x.shape and not torch.equal(augmented, probe_x)
+    assert 0.0 <= augmented.min() and augmented.max() <= 1.0
+    # Rotation, shift and zoom are small: most of each digit stays where it was.
+    assert (augmented - probe_x).abs().mean() < (probe_x - probe_x.roll(1, 0)).abs().mean()
     test_x, _ = _all_batches(dm.val_dataloader())
     assert test_x.shape == (6, 1, 28, 28)
 
@@ -488,14 +536,14 @@ def test_loaders_need_setup_and_workers_persist() -> None:
     with pytest.raises(RuntimeError, match="call setup"):
         dm.train_dataloader()
     dm.setup()
-    assert dm.train_dataloader().persistent_workers
+    assert dm.train_dataloader().persistent_workers and dm.train_dataloader().num_workers == 1
     assert dm.probe_dataloader().batch_size == dm.batch_size
     serial = SyntheticDataModule(num_train=8, num_test=4)
     serial.setup()
     assert not serial.train_dataloader().persistent_workers
 
 
-def test_datamodule_pickles_with_its_shuffle_state():
+def test_datamodule_pickles_with_its_shuffle_order():
     """ddp_spawn pickles the datamodule into each process; the shuffle order must survive."""
     import pickle
 
@@ -506,3 +554,44 @@ def test_datamodule_pickles_with_its_shuffle_state():
     first = [y.tolist() for _, y in dm.train_dataloader()]
     again = [y.tolist() for _, y in copy.train_dataloader()]
     assert first == again
+
+
+def test_truncated_cifar_archive_leaves_no_partial_folder(tmp_path: Path) -> None:
+    """A half archive is 'corrupt', and the next run does not find half a dataset."""
+    source = tmp_path / "source"
+    write_cifar10_binary(source, per_file=50)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    archive = data_dir / "cifar-10-binary.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(DatasetCorruptError, match="corrupt file: .*cifar-10-binary.tar.gz"):
+        CIFAR10DataModule(str(data_dir), verify_checksums=False).prepare_data()
+    assert not (data_dir / "cifar-10-batches-bin").exists()
+
+
+def test_corrupt_mnist_gz_says_corrupt_not_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _offline(monkeypatch, "mnist")
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, _ in torchvision.datasets.MNIST.resources:
+        (raw / name).write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DatasetCorruptError, match=r"corrupt file: .*train-images-idx3-ubyte\.gz \(md5 "):
+        MNISTDataModule(str(tmp_path)).prepare_data()
+
+
+def test_workers_never_exceed_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """num_workers=4 (the CIFAR and MNIST configs) on a 2-core machine: 2 workers; with 2 DDP processes: 1 each."""
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    dm = SyntheticDataModule(num_train=8, num_test=4, num_workers=4)
+    dm.setup()
+    assert dm.train_dataloader().num_workers == 2
+
+    class TwoDevices:
+        num_devices = 2
+
+    dm.trainer = TwoDevices()
+    assert dm.val_dataloader().num_workers == 1

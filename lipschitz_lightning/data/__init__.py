@@ -5,8 +5,12 @@ from lipschitz_lightning.data.base import (
     BaseDataModule,
     DatasetCorruptError,
     DatasetNotFoundError,
+    EpochShuffleSampler,
     ImageTensorDataset,
+    ResumableDataLoader,
     file_md5,
+    random_affine,
+    random_crop_flip,
     verify_md5,
 )
 from lipschitz_lightning.data.cifar import (
@@ -15,7 +19,6 @@ from lipschitz_lightning.data.cifar import (
     CIFAR100DataModule,
     channel_means,
     read_cifar10_binary,
-    read_cifar_python,
 )
 from lipschitz_lightning.data.mnist import MNISTDataModule
 from lipschitz_lightning.data.synthetic import SyntheticDataModule
@@ -28,15 +31,18 @@ __all__ = [
     "CIFAR10_BINARY_MD5",
     "DatasetCorruptError",
     "DatasetNotFoundError",
+    "EpochShuffleSampler",
     "ImageTensorDataset",
     "MNISTDataModule",
+    "ResumableDataLoader",
     "SKLEARN_DATASETS",
     "SklearnDataModule",
     "SyntheticDataModule",
     "channel_means",
     "file_md5",
+    "random_affine",
+    "random_crop_flip",
     "read_cifar10_binary",
-    "read_cifar_python",
     "scale_features",
     "verify_md5",
 ]

@@ -8,8 +8,8 @@ al. 2016: random horizontal flip and a random 32x32 crop of the image zero-padde
 
 Where the files come from, in this order (``prepare_data``):
 
-1. ``<data_dir>/cifar-10-batches-py/`` (or ``cifar-100-python/``): torchvision's python-pickle
-   layout;
+1. ``<data_dir>/cifar-10-batches-py/`` (or ``cifar-100-python/``): the python version, read by
+   torchvision's own ``CIFAR10`` / ``CIFAR100`` class (which checks its md5s);
 2. CIFAR-10 only: ``<data_dir>/cifar-10-batches-bin/``, the official binary version;
 3. CIFAR-10 only: a tar archive of that folder, ``archive=`` or ``<data_dir>/cifar-10-binary.tar*``
    (``.tar.gz`` as downloaded, or ``.tar.xz``), extracted into ``data_dir``;
@@ -23,7 +23,7 @@ version, torchvision's table for the python version.
 from __future__ import annotations
 
 import os
-import pickle
+import shutil
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,13 +32,13 @@ import numpy as np
 import torch
 import torchvision
 from pytorch_lightning.utilities import rank_zero_info
-from torchvision import transforms
 
 from lipschitz_lightning.data.base import (
     BaseDataModule,
     DatasetCorruptError,
     DatasetNotFoundError,
     ImageTensorDataset,
+    random_crop_flip,
     verify_md5,
 )
 
@@ -88,44 +88,13 @@ def read_cifar10_binary(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.nd
     return images, labels
 
 
-def read_cifar_python(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Read one pickled batch of the python version (CIFAR-10 ``data_batch_*`` / CIFAR-100 ``train``).
-
-    Reads it the way torchvision does (``pickle.load(..., encoding="latin1")``) and accepts
-    ``labels`` (CIFAR-10) or ``fine_labels`` (CIFAR-100), as str or bytes keys.
-
-    Args:
-        path: A pickled dict with ``data`` (N x 3,072 uint8, R then G then B planes) and labels.
-
-    Returns:
-        ``(images, labels)``: uint8 array ``(N, 3, 32, 32)`` and int64 ``(N,)``.
-
-    Raises:
-        DatasetCorruptError: If the pickle lacks the keys or has inconsistent sizes.
-    """
-    with open(path, "rb") as handle:
-        try:
-            entry = pickle.load(handle, encoding="latin1")
-        except Exception as error:  # unpickling garbage raises many types
-            raise DatasetCorruptError(f"corrupt file: {path} (not a readable pickle: {error})") from error
-    entry = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in entry.items()}
-    labels = entry.get("labels", entry.get("fine_labels"))
-    if "data" not in entry or labels is None:
-        raise DatasetCorruptError(f"corrupt file: {path} (expected keys 'data' and 'labels' or 'fine_labels')")
-    data = np.asarray(entry["data"], dtype=np.uint8)
-    labels = np.asarray(labels, dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != _IMAGE_BYTES or data.shape[0] != labels.shape[0]:
-        raise DatasetCorruptError(f"corrupt file: {path} (data {data.shape} and {labels.shape[0]} labels)")
-    return data.reshape(-1, 3, 32, 32), labels
-
-
-def _load_files(folder: Path, names: Sequence[str], md5s: dict[str, str], verify: bool, binary: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_binary(folder: Path, names: Sequence[str], verify: bool) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []
     for name in names:
         path = folder / name
         if verify:
-            verify_md5(path, md5s[name])
-        batch_images, batch_labels = read_cifar10_binary(path) if binary else read_cifar_python(path)
+            verify_md5(path, CIFAR10_BINARY_MD5[name])
+        batch_images, batch_labels = read_cifar10_binary(path)
         images.append(batch_images)
         labels.append(batch_labels)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
@@ -164,6 +133,7 @@ class _CIFARDataModule(BaseDataModule):
         self.loss = "softmax_ce"
         self.verify_checksums = verify_checksums
         self.augment = augment
+        self.augmentation = random_crop_flip if augment else None
         self.channel_mean: list[float] | None = None if channel_mean is None else [float(m) for m in channel_mean]
         self._given_mean = channel_mean is not None
 
@@ -176,16 +146,36 @@ class _CIFARDataModule(BaseDataModule):
         tv = self.torchvision_class
         return [name for name, _ in tv.train_list], [name for name, _ in tv.test_list]
 
-    def _python_md5(self) -> dict[str, str]:
-        tv = self.torchvision_class
-        return {name: md5 for name, md5 in tv.train_list + tv.test_list}
-
     def _find_local(self) -> str | None:
         """Return ``"python"`` or ``"binary"`` for a complete folder in ``data_dir``, else None."""
         train, test = self._python_names()
-        if all((self.python_folder / name).is_file() for name in train + test):
+        names = train + test + [self.torchvision_class.meta["filename"]]
+        if all((self.python_folder / name).is_file() for name in names):
             return "python"
         return None
+
+    def _load_python(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One split of the python version, read (and md5-checked) by torchvision's own class.
+
+        Raises:
+            DatasetCorruptError: naming the file that fails its md5 or does not unpickle.
+        """
+        tv = self.torchvision_class
+        if not self.verify_checksums:  # the same class with its md5 table emptied
+            tv = type(tv.__name__, (tv,), {
+                "train_list": [[name, None] for name, _ in tv.train_list],
+                "test_list": [[name, None] for name, _ in tv.test_list],
+                "meta": {**tv.meta, "md5": None},
+            })
+        try:
+            dataset = tv(root=self.data_dir, train=train, download=False)
+        except Exception as error:  # torchvision: RuntimeError on a failed md5; unpickling garbage: many types
+            for name, md5 in tv.train_list + tv.test_list + [[tv.meta["filename"], tv.meta["md5"]]]:
+                if md5 is not None:
+                    verify_md5(self.python_folder / name, md5)  # names the corrupt file
+            raise DatasetCorruptError(f"corrupt file in {self.python_folder} ({type(error).__name__}: {error})") from error
+        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+        return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
 
     def _missing_message(self) -> str:
         return (
@@ -219,13 +209,10 @@ class _CIFARDataModule(BaseDataModule):
     def _load(self, source: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if source == "binary":
             folder = Path(self.data_dir) / CIFAR10_BINARY_FOLDER
-            train = _load_files(folder, CIFAR10_BINARY_TRAIN, CIFAR10_BINARY_MD5, self.verify_checksums, True)
-            test = _load_files(folder, CIFAR10_BINARY_TEST, CIFAR10_BINARY_MD5, self.verify_checksums, True)
+            train = _load_binary(folder, CIFAR10_BINARY_TRAIN, self.verify_checksums)
+            test = _load_binary(folder, CIFAR10_BINARY_TEST, self.verify_checksums)
         else:
-            train_names, test_names = self._python_names()
-            md5s = self._python_md5()
-            train = _load_files(self.python_folder, train_names, md5s, self.verify_checksums, False)
-            test = _load_files(self.python_folder, test_names, md5s, self.verify_checksums, False)
+            train, test = self._load_python(True), self._load_python(False)
         for labels, split in ((train[1], "train"), (test[1], "test")):
             if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
                 raise DatasetCorruptError(
@@ -255,12 +242,7 @@ class _CIFARDataModule(BaseDataModule):
             f"{self.dataset_name}: {len(train_labels)} train / {len(test_labels)} test images from the {source} "
             f"version in {self.data_dir}; channel means {[round(m, 3) for m in self.channel_mean or []]}"
         )
-        augmentation = None
-        if self.augment:
-            augmentation = transforms.Compose(
-                [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
-            )
-        self.train_dataset = ImageTensorDataset(train_images, train_labels, self.channel_mean, transform=augmentation)
+        self.train_dataset = ImageTensorDataset(train_images, train_labels, self.channel_mean)
         self.probe_dataset = ImageTensorDataset(train_images, train_labels, self.channel_mean)
         self.test_dataset = ImageTensorDataset(test_images, test_labels, self.channel_mean)
 
@@ -337,12 +319,17 @@ class CIFAR10DataModule(_CIFARDataModule):
                 raise DatasetNotFoundError(f"CIFAR-10 archive not found: {path}")
             rank_zero_info(f"CIFAR-10: extracting {path} into {self.data_dir}")
             os.makedirs(self.data_dir, exist_ok=True)
+            existed = self.binary_folder.exists()
             try:
                 with tarfile.open(path, "r:*") as tar:
                     tar.extractall(self.data_dir, filter="data")
             except (tarfile.TarError, EOFError, OSError) as error:
+                if not existed:  # no half-extracted folder for the next run to trip over
+                    shutil.rmtree(self.binary_folder, ignore_errors=True)
                 raise DatasetCorruptError(f"corrupt file: {path} (cannot extract: {error})") from error
             if self._find_local() != "binary":
+                if not existed:
+                    shutil.rmtree(self.binary_folder, ignore_errors=True)
                 raise DatasetCorruptError(
                     f"corrupt file: {path} (it did not contain {CIFAR10_BINARY_FOLDER}/ with "
                     f"{', '.join(CIFAR10_BINARY_MD5)})"

@@ -7,9 +7,14 @@ import os
 import torch
 import torchvision
 from pytorch_lightning.utilities import rank_zero_info
-from torchvision import transforms
 
-from lipschitz_lightning.data.base import BaseDataModule, DatasetNotFoundError, ImageTensorDataset
+from lipschitz_lightning.data.base import (
+    BaseDataModule,
+    DatasetNotFoundError,
+    ImageTensorDataset,
+    random_affine,
+    verify_md5,
+)
 
 MNIST_FILES: tuple[str, ...] = tuple(name for name, _ in torchvision.datasets.MNIST.resources)
 
@@ -18,8 +23,7 @@ class MNISTDataModule(BaseDataModule):
     """MNIST (10 classes, 60,000 train / 10,000 test 28x28 grey images) via torchvision.
 
     Pixels are scaled to [0, 1] (``/255``). Training augmentation is the paper's: random shifts
-    up to 10%, zoom up to 10% and rotations up to 15 degrees
-    (``RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1))``).
+    up to 10%, zoom up to 10% and rotations up to 15 degrees (:func:`random_affine`, per batch).
 
     torchvision expects ``<data_dir>/MNIST/raw/`` to hold the four official ``.gz`` files (it
     extracts them beside themselves, so that folder must be writable) or the extracted files;
@@ -53,6 +57,7 @@ class MNISTDataModule(BaseDataModule):
         self.num_outputs = 10
         self.loss = "softmax_ce"
         self.augment = augment
+        self.augmentation = random_affine if augment else None
 
     def _missing_message(self) -> str:
         raw = os.path.join(os.path.abspath(self.data_dir), "MNIST", "raw")
@@ -66,9 +71,15 @@ class MNISTDataModule(BaseDataModule):
         """Extract or download the files into ``<data_dir>/MNIST/raw`` if they are not there.
 
         Raises:
+            DatasetCorruptError: If a ``.gz`` file is there but fails torchvision's md5.
             DatasetNotFoundError: If the files are missing and cannot be fetched or extracted;
                 chains torchvision's error.
         """
+        raw = os.path.join(self.data_dir, "MNIST", "raw")
+        for url, md5 in torchvision.datasets.MNIST.resources:
+            path = os.path.join(raw, os.path.basename(url))
+            if os.path.isfile(path):
+                verify_md5(path, md5)  # a corrupt file is not a missing one
         try:
             for train in (True, False):
                 torchvision.datasets.MNIST(root=self.data_dir, train=train, download=True)
@@ -94,9 +105,6 @@ class MNISTDataModule(BaseDataModule):
         train_images, train_labels = self._load_split(True)
         test_images, test_labels = self._load_split(False)
         rank_zero_info(f"MNIST: {len(train_labels)} train / {len(test_labels)} test images from {self.data_dir}")
-        augmentation = None
-        if self.augment:
-            augmentation = transforms.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1))
-        self.train_dataset = ImageTensorDataset(train_images, train_labels, pil_transform=augmentation)
+        self.train_dataset = ImageTensorDataset(train_images, train_labels)
         self.probe_dataset = ImageTensorDataset(train_images, train_labels)
         self.test_dataset = ImageTensorDataset(test_images, test_labels)
