@@ -158,7 +158,7 @@ def run_suite(cfg: DictConfig) -> int:
         command = [python, "-m", "lipschitz_lightning.train", *args, f"hydra.run.dir={run_dir}"]
         print(f"[{index}/{len(todo)}] {name} {method} seed {seed} ...", end=" ", flush=True)
         start = time.perf_counter()
-        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        env = dict(os.environ, PYTHONWARNINGS="ignore", **{str(k): str(v) for k, v in (cfg.suite.get("env") or {}).items()})
         proc = subprocess.run(command, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - start
         metrics_csv = run_dir / "csv" / "metrics.csv"
