@@ -151,7 +151,12 @@ def run_suite(cfg: DictConfig) -> int:
     _copy_data(cfg)
     host = machine()
     python = str(cfg.get("python") or sys.executable)
+    budget = cfg.get("time_budget_s")
+    began = time.perf_counter()
     for index, (method, seed, args) in enumerate(todo, 1):
+        if budget is not None and time.perf_counter() - began > float(budget):
+            print(f"time budget of {budget} s spent: {len(todo) - index + 1} runs left for the next call", flush=True)
+            return index - 1
         run_dir = Path(str(cfg.runs_dir)) / name / method / f"seed{seed}"
         if run_dir.exists():
             shutil.rmtree(run_dir)  # a run cut off half-way starts again from scratch
