@@ -74,7 +74,7 @@ def _suite_cfg(name: str) -> Dict[str, object]:
     if not path.exists():
         return {"name": name, "title": name}
     node = OmegaConf.load(path)
-    return {k: node.get(k) for k in ("name", "title", "epochs", "seeds", "target_acc", "chance_acc")}
+    return {k: node.get(k) for k in ("name", "title", "epochs", "seeds", "target_acc", "chance_acc", "check")}
 
 
 def summarise(runs: List[Dict[str, object]], epochs: List[Dict[str, object]], target: float,
@@ -166,8 +166,8 @@ def _plot(curves, title: str, ylabel: str, path: Path, log: bool = False) -> Non
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for method, (xs, ys) in curves.items():
-        ax.plot(xs, ys, marker="o", markersize=3, label=method, **_style(method))
+    for index, (method, (xs, ys)) in enumerate(curves.items()):
+        ax.plot(xs, ys, marker="o", markersize=3, label=method, color=plt.cm.tab20(index % 20), **_style(method))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -210,6 +210,19 @@ def _suite_section(name: str, results: Path, img: Path, out_dir: Path) -> Tuple[
     missing = [m for m in methods_all if m not in stats]
     if missing:
         lines.append(f"Not run yet (the suite resumes with them): {', '.join(missing)}.")
+    check = cfg.get("check")
+    if check:
+        accs = [r.get("val/acc") for r in epochs if r["method"] == check["method"] and int(r["epoch"]) + 1 == int(check["epoch"])]
+        accs = _finite(accs)
+        if accs:
+            ok = all(a >= float(check["min_acc"]) for a in accs)
+            lines.append(f"**Framework check**: `{check['method']}` reached "
+                         + ", ".join(f"{100 * a:.2f}%" for a in accs)
+                         + f" test accuracy after {check['epoch']} epochs (required: at least {100 * float(check['min_acc']):.1f}%): "
+                         + ("passed." if ok else "FAILED."))
+        else:
+            lines.append(f"**Framework check**: `{check['method']}` has not reached epoch {check['epoch']} yet "
+                         f"(required: at least {100 * float(check['min_acc']):.1f}% after {check['epoch']} epochs).")
     lines += ["", f"Test accuracy is that of the test split after each epoch (the app validates on it); "
                   f"target {100 * target:.0f}%: epochs and wall seconds (since the fit's setup, so an "
                   f"LR finder or first-epoch probe counts) to reach it, median over the seeds that reached it. "
