@@ -184,3 +184,29 @@ def test_tiny_suite_runs_resumes_and_reports(tmp_path: Path, capsys):
     assert "Best LipschitzLR rule: `sgd`" in text
     assert (tmp_path / "docs" / "img" / "digits_test_acc.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "img" / "digits_lr.png").stat().st_size > 1000
+
+
+def test_report_classical_section_from_tables(tmp_path: Path):
+    from lipschitz_lightning.classical import CURVE_COLUMNS, TABLE1_COLUMNS, TABLE2_COLUMNS, _upsert
+
+    results = tmp_path / "results"
+    _upsert(results / "classical_table1.csv", TABLE1_COLUMNS, "breast_cancer", [{
+        "dataset": "breast_cancer", "loss": "bce", "m": 569, "n": 30, "threshold": 0.69, "L": 2e-4, "inv_L": 5000.0,
+        "epochs_alpha": 41000, "epochs_inv_L": 1, "ran_alpha": 41000, "ran_inv_L": 5000, "increases_inv_L": 0,
+        "final_loss_inv_L": 0.2, "paper_inv_L": 4280.23, "paper_epochs_alpha": 37008, "paper_epochs_inv_L": 2}])
+    _upsert(results / "classical_table1.csv", TABLE1_COLUMNS, "diabetes", [{
+        "dataset": "diabetes", "loss": "mse", "m": 442, "n": 10, "threshold": 3000, "L": -1.1, "inv_L": float("nan"),
+        "ran_alpha": 100, "epochs_alpha": None}])
+    _upsert(results / "classical_table2.csv", TABLE2_COLUMNS, "iris", [{
+        "dataset": "iris", "m_train": 105, "m_test": 45, "scale": "none", "accuracy_epochs": 200, "inv_L": 2.1,
+        "acc_alpha": 0.9, "acc_inv_L": 0.95, "paper_acc_alpha": 0.9333, "paper_acc_inv_L": 0.9778}])
+    _upsert(results / "classical_curves.csv", CURVE_COLUMNS, "breast_cancer",
+            [{"dataset": "breast_cancer", "rate": rate, "epoch": e, "loss": 0.7 / (1 + e * k)}
+             for rate, k in (("alpha", 1e-4), ("inv_L", 1.0)) for e in range(50)])
+    text = generate(results, tmp_path / "docs" / "benchmarks.md")
+    assert "## Classical models" in text
+    assert "| breast_cancer | bce | 569 x 30 | 0.69 | 5000 | 41,000 | 1 | 4280.23 | 37,008 | 2 | 0 of 5,000 epochs |" in text
+    assert "invalid (L = -1.1)" in text and "| iris | 200 | none | 2.1 | 90.00 | 95.00 |" in text
+    assert "breast_cancer: 1/L = 5000 reaches T_L in 1 epochs against 41,000 at 0.1" in text
+    assert "Not run (their files are not on this machine" in text and "california_housing" in text
+    assert (tmp_path / "docs" / "img" / "classical_loss_curves.png").stat().st_size > 1000

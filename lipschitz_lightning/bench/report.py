@@ -245,6 +245,12 @@ def _suite_section(name: str, results: Path, img: Path, out_dir: Path) -> Tuple[
           "learning rate", lr_png, log=True)
     rel = lambda p: p.relative_to(out_dir).as_posix() if p.is_relative_to(out_dir) else p.as_posix()  # noqa: E731
     lines += ["", f"![test accuracy per epoch]({rel(acc_png)})", "", f"![learning rate per epoch, log scale]({rel(lr_png)})", ""]
+    ratio = _curves(epochs, "lipschitz/grad_max_over_L")
+    if ratio:
+        ratio_png = img / f"{name}_grad_over_L.png"
+        _plot(ratio, f"{name}: largest last-layer gradient entry / L per epoch (the bound holds while <= 1)",
+              "grad_max / L", ratio_png, log=True)
+        lines += [f"![grad_max over L per epoch]({rel(ratio_png)})", ""]
     reading, headline = _reading(name, stats, target, epochs)
     lines += ["**Reading** (generated from the table):", ""] + [f"- {r}" for r in reading] + [""]
     example = next((str(r["command"]) for r in runs if r.get("command")), "")
@@ -378,7 +384,7 @@ def _classical_section(results: Path, img: Path, out_dir: Path) -> List[str]:
         lines += ["", "**Reading** (generated from the tables):", ""] + [f"- {x}" for x in reading]
     if curves:
         png = img / "classical_loss_curves.png"
-        _plot_classical(curves, png)
+        _plot_classical(curves, {r["dataset"]: r for r in t1}, png)
         rel = png.relative_to(out_dir).as_posix() if png.is_relative_to(out_dir) else png.as_posix()
         lines += ["", "Figure 1 (ours): full-batch loss per epoch at both rates, log-log (the dotted line is T_L).", "",
                   f"![classical loss curves]({rel})"]
@@ -388,15 +394,13 @@ def _classical_section(results: Path, img: Path, out_dir: Path) -> List[str]:
     return lines
 
 
-def _plot_classical(curves: List[Dict[str, str]], path: Path) -> None:
+def _plot_classical(curves: List[Dict[str, str]], t1: Dict[str, Dict[str, str]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sets = list(OrderedDict.fromkeys(r["dataset"] for r in curves))
-    t1 = {r["dataset"]: r for r in _read_csv(path.parents[2] / "benchmarks" / "results" / "classical_table1.csv")} \
-        if (path.parents[2] / "benchmarks").exists() else {}
     cols = min(3, len(sets))
     rows = math.ceil(len(sets) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
@@ -405,7 +409,7 @@ def _plot_classical(curves: List[Dict[str, str]], path: Path) -> None:
             pts = [(int(r["epoch"]) + 1, float(r["loss"])) for r in curves if r["dataset"] == name and r["rate"] == rate]
             if pts:
                 ax.plot(*zip(*pts), style, label="alpha = 0.1" if rate == "alpha" else "alpha = 1/L")
-        threshold = _num(t1.get(name, {}).get("threshold")) if t1 else None
+        threshold = _num(t1.get(name, {}).get("threshold"))
         if threshold:
             ax.axhline(threshold, color="grey", linestyle=":")
         ax.set_xscale("log")
