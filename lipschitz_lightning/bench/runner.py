@@ -79,7 +79,8 @@ def plan(cfg: DictConfig) -> List[Tuple[str, int, List[str]]]:
     for seed in seeds:
         for method, overrides in method_overrides(cfg).items():
             args = [*cfg.suite.overrides, *overrides, f"seed={seed}", f"epochs={epochs}",
-                    f"task_name=bench_{cfg.suite.name}", "logger=csv", "trainer.enable_progress_bar=false",
+                    f"task_name=bench_{cfg.suite.name}", "logger=csv", "+logger.csv.flush_logs_every_n_steps=1",
+                    "trainer.enable_progress_bar=false",
                     PROBE, *(cfg.get("extra") or [])]
             runs.append((method, seed, [str(a) for a in args]))
     return runs
