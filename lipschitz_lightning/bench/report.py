@@ -115,7 +115,7 @@ def summarise(runs: List[Dict[str, object]], epochs: List[Dict[str, object]], ta
                 diverged.append((int(run["seed"]), "NaN/failed" if nan else ("chance" if end_acc <= 1.5 * chance else "loss up")))
             for r in rows:
                 acc = r.get("val/acc")
-                if acc is not None and math.isfinite(acc) and acc >= target:
+                if acc is not None and math.isfinite(acc) and acc >= target - 1e-6:  # float32 accuracies
                     reached += 1
                     to_epochs.append(int(r["epoch"]) + 1)
                     if r.get("bench/elapsed_seconds") is not None:
