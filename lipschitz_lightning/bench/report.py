@@ -269,7 +269,7 @@ def _reading(name: str, stats, target: float, epochs) -> Tuple[List[str], Option
     best_lip, best_other = max(lip.items(), key=key), max(other.items(), key=key)
     (lm, ls), (om, os_) = best_lip, best_other
     gap = 100 * (ls["best"][0] - os_["best"][0])
-    verdict = "ahead of" if gap > 0 else "behind"
+    verdict = "ahead" if gap > 0 else "behind"
     out.append(f"Best LipschitzLR rule: `{lm}` at {_fmt_pct(*ls['best'])}% best test accuracy; best other method: "
                f"`{om}` at {_fmt_pct(*os_['best'])}%: LipschitzLR is {verdict} by {abs(gap):.2f} points.")
     ranked = sorted(stats.items(), key=key, reverse=True)
@@ -283,8 +283,10 @@ def _reading(name: str, stats, target: float, epochs) -> Tuple[List[str], Option
         curve = _curves([r for r in epochs if r["method"] == m], "lr").get(m)
         if curve and curve[1]:
             xs, ys = curve
-            trend = "rose" if ys[-1] > ys[0] * 1.5 else ("fell" if ys[-1] < ys[0] / 1.5 else "stayed near")
-            out.append(f"`{m}`: the rate {trend} from {_fmt(ys[0])} (epoch {xs[0]}) to {_fmt(ys[-1])} (epoch {xs[-1]})"
+            trend = "rose" if ys[-1] > ys[0] * 1.5 else ("fell" if ys[-1] < ys[0] / 1.5 else "moved little")
+            peak = max(ys)
+            peaked = f", peaking at {_fmt(peak)} (epoch {xs[ys.index(peak)]})" if peak > 2 * max(ys[0], ys[-1]) else ""
+            out.append(f"`{m}`: the rate {trend}, from {_fmt(ys[0])} (epoch {xs[0]}) to {_fmt(ys[-1])} (epoch {xs[-1]}){peaked}"
                        + (f", largest last-layer gradient over L {_fmt(s['grad_max_over_L'])}" if s["grad_max_over_L"] else "")
                        + f"; best accuracy {_fmt_pct(*s['best'])}%"
                        + (f"; diverged in {len(s['diverged'])} run(s)" if s["diverged"] else "") + ".")
