@@ -211,3 +211,15 @@ def test_report_classical_section_from_tables(tmp_path: Path):
     assert "Not run: their files need a download" in text and "california_housing" in text
     assert "Not run yet (the data is here" in text and "wine" in text
     assert (tmp_path / "docs" / "img" / "classical_loss_curves.png").stat().st_size > 1000
+
+
+def test_lr_finder_cosine_sweeps_even_a_run_shorter_than_its_sweep(tmp_path: Path):
+    """2 epochs of 2 batches, a 20-step sweep: the rate is found, then decays on the cosine."""
+    from lipschitz_lightning.train import train
+    from tests.conftest import tiny_cfg
+
+    cfg = tiny_cfg(tmp_path, "model=mlp", "optim=momentum_lrfind_cosine",
+                   "callbacks.lr_find_cosine.num_training_steps=20", kind="tabular", epochs=2)
+    metrics = train(cfg)
+    assert 1e-5 <= metrics["bench/lr_find"] <= 1.0
+    assert math.isfinite(metrics["train/loss"])

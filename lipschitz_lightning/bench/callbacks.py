@@ -184,6 +184,17 @@ class LRFinderCosine(LearningRateFinder):
         self.factor = factor
         self.peak_lr: Optional[float] = None
 
+    def lr_find(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The sweep takes its ``num_training_steps`` even in a run of fewer epochs than that needs."""
+        loop = trainer.fit_loop
+        saved = loop.max_epochs
+        if saved is not None and saved != -1:
+            loop.max_epochs = max(saved, trainer.current_epoch + self._num_training_steps)
+        try:
+            super().lr_find(trainer, pl_module)
+        finally:
+            loop.max_epochs = saved
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.peak_lr is None:
             self.lr_find(trainer, pl_module)
