@@ -457,6 +457,11 @@ def generate(results_dir: Path, out: Path, img_dir: Optional[Path] = None) -> st
     headlines = []
     for name in SUITES:
         section, headline = _suite_section(name, results_dir, img, out_dir)
+        if not section and not name.startswith("gpu_"):
+            cfg = _suite_cfg(name)
+            section = [f"## Suite `{name}`: {cfg.get('title', name)}", "",
+                       f"**What ran**: no run of this suite has finished yet (no `{name}_runs.csv`). "
+                       f"Run it with `make benchmark SUITE={name}`.", ""]
         lines += section
         if headline:
             headlines.append(headline)
