@@ -203,6 +203,15 @@ def _suite_section(name: str, results: Path, img: Path, out_dir: Path) -> Tuple[
                  f"epochs per run {sorted({s['epochs'] for s in stats.values()})} "
                  f"(the suite plans {cfg.get('epochs')} epochs x seeds {planned_seeds}). "
                  f"Machine: {_machine(runs)}.")
+    ref_runs = {}
+    for r in epochs:
+        if r["method"] == REFERENCE and r.get("bench/step_seconds") is not None:
+            ref_runs.setdefault(int(r["seed"]), []).append(float(r["bench/step_seconds"]))
+    if len(ref_runs) > 1:
+        medians = [statistics.median(v) for v in ref_runs.values()]
+        lines.append(f"The machine's load varied between runs: `{REFERENCE}`'s median step took "
+                     f"{min(medians) * 1000:.2f} to {max(medians) * 1000:.2f} ms across its {len(medians)} runs, "
+                     "so read the s/step ratios as rough.")
     incomplete = [m for m, s in stats.items() if s["runs"] < len(planned_seeds)]
     if incomplete:
         lines.append(f"Methods with fewer seeds than planned so far: {', '.join(incomplete)}.")
