@@ -136,9 +136,16 @@ def summarise(runs: List[Dict[str, object]], epochs: List[Dict[str, object]], ta
             "diverged": diverged, "lr_min": min(lrs) if lrs else None, "lr_max": max(lrs) if lrs else None,
             "grad_max_over_L": max(ratios_g) if ratios_g else None, "lipschitz": _is_lipschitz(method),
         }
-    ref = out.get(REFERENCE, {}).get("step_seconds")
-    for stats in out.values():
-        stats["step_ratio"] = stats["step_seconds"] / ref if ref and stats["step_seconds"] else None
+    # Ratio per seed (runs of one seed ran back to back, under about the same machine load), then the median.
+    per_seed: Dict[Tuple[str, int], float] = {}
+    for (method, seed), rows in by_run.items():
+        steps = _finite(r.get("bench/step_seconds") for r in rows)
+        if steps:
+            per_seed[(method, seed)] = statistics.median(steps)
+    for method, stats in out.items():
+        ratios = [v / per_seed[(REFERENCE, seed)] for (m, seed), v in per_seed.items()
+                  if m == method and per_seed.get((REFERENCE, seed))]
+        stats["step_ratio"] = statistics.median(ratios) if ratios else None
     return out
 
 
@@ -235,7 +242,8 @@ def _suite_section(name: str, results: Path, img: Path, out_dir: Path) -> Tuple[
     lines += ["", f"Test accuracy is that of the test split after each epoch (the app validates on it); "
                   f"target {100 * target:.0f}%: epochs and wall seconds (since the fit's setup, so an "
                   f"LR finder or first-epoch probe counts) to reach it, median over the seeds that reached it. "
-                  f"s/step is the median training-step time over the ratio of `{REFERENCE}` in this suite. "
+                  f"s/step ratio: a run's median training-step time over that of `{REFERENCE}` with the same seed (run "
+                  f"back to back), median over seeds. "
                   f"State is the optimizer's tensors (state and param_groups) in bytes per parameter. "
                   f"Lipschitz rules in **bold**.", ""]
     lines.append("| method | runs | best acc % | final acc % | reached target | epochs to target | s to target "
