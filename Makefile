@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # extra: the app, the competitor optimizers, Hydra's launchers and sweepers, the plotting tools).
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test bench
+.PHONY: install quickstart test bench benchmark report
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,3 +30,20 @@ test: install
 # Per-step cost of the LipschitzLR callback (ResNet20, random CIFAR-shaped data), printed as ratios.
 bench: install
 	$(BIN)/python scripts/bench_callback_overhead.py
+
+# A benchmark suite (conf/suite/: digits, mnist, cifar10; or classical): every method x seed, raw
+# results appended to benchmarks/results/ (resumes: runs already there are skipped). Real data from
+# LIPSCHITZ_SHARED_DATA (default ../shared/data). Extra Hydra overrides: ARGS="seeds=[0] epochs=3".
+SUITE ?= digits
+CLASSICAL_SETS ?= breast_cancer,iris,digits,wine,diabetes,mnist
+benchmark: install
+ifeq ($(SUITE),classical)
+	$(BIN)/python -m lipschitz_lightning.classical --multirun dataset=$(CLASSICAL_SETS) results_dir=benchmarks/results $(ARGS)
+else
+	$(BIN)/python -m lipschitz_lightning.bench suite=$(SUITE) $(ARGS)
+endif
+
+# docs/benchmarks.md and docs/img/*.png, generated from benchmarks/results/ (needs the bench extra).
+report: install
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python -m lipschitz_lightning.bench.report

@@ -1,0 +1,47 @@
+"""``python -m lipschitz_lightning.bench suite=<name> [key=value ...]``: run a benchmark suite.
+
+The overrides are Hydra's (``conf/benchmark.yaml`` is the root, ``suite`` and ``methods`` its
+groups). A bad suite, method or override is one ``error: ...`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from lipschitz_lightning.bench.runner import BenchConfigError, run_suite
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def load_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/benchmark.yaml`` with command-line style overrides."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="benchmark", overrides=list(overrides))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(argv)
+        run_suite(cfg)
+    except (BenchConfigError, HydraException, OmegaConfBaseException) as exc:
+        sys.stderr.write(f"error: {str(exc).splitlines()[0]}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: finished runs are saved; run the same command to resume\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The benchmark harness: its configs, the cost probes, a tiny suite end to end, the report.
+
+The end-to-end test runs a real suite (scikit-learn's bundled digits, 2 epochs, a few methods)
+through the training app's CLI into ``tmp_path``, resumes it, and generates the report from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from lipschitz_lightning.bench.__main__ import load_config, main
+from lipschitz_lightning.bench.callbacks import BenchProbe, LRFinderCosine, effective_lr, optimizer_state_bytes
+from lipschitz_lightning.bench.report import generate, summarise
+from lipschitz_lightning.bench.results import EPOCH_COLUMNS, append_rows, epoch_rows, read_rows
+from lipschitz_lightning.bench.runner import method_overrides, plan
+from tests.conftest import compose_train
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = sorted(p.stem for p in (ROOT / "conf" / "suite").glob("*.yaml"))
+METHOD_FILES = sorted(p.stem for p in (ROOT / "conf" / "methods").glob("*.yaml"))
+
+
+def _step(optimizer: torch.optim.Optimizer, params) -> None:
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_suite_composes_and_plans(suite: str, tmp_path: Path):
+    cfg = load_config([f"suite={suite}", f"results_dir={tmp_path}", "shared_data=/shared", "data_dir=/data"])
+    runs = plan(cfg)
+    methods = method_overrides(cfg)
+    assert len(runs) == len(methods) * len(cfg.suite.seeds)
+    assert set(OmegaConf.load(ROOT / "conf" / "methods" / "all.yaml")) <= set(methods)
+    method, seed, args = runs[0]
+    assert f"seed={seed}" in args and f"epochs={cfg.suite.epochs}" in args and "logger=csv" in args
+    assert any("BenchProbe" in a for a in args)
+    assert 0 < cfg.suite.target_acc < 1 and 0 < cfg.suite.chance_acc < cfg.suite.target_acc
+    # Every run's overrides compose with the training app's configs.
+    resolved = [a for a in args if not a.startswith("+callbacks.bench_probe")]
+    train_cfg = compose_train(resolved)
+    assert train_cfg.trainer.max_epochs == cfg.suite.epochs
+    if any(a.startswith("paths.data_dir") for a in args):
+        assert train_cfg.paths.data_dir == "/data"
+
+
+@pytest.mark.parametrize("methods", METHOD_FILES)
+def test_every_method_list_composes_with_the_training_app(methods: str, tmp_path: Path):
+    cfg = load_config([f"methods={methods}", f"results_dir={tmp_path}"])
+    for name, overrides in method_overrides(cfg).items():
+        train_cfg = compose_train(["dataset=digits", "model=mlp", *overrides])
+        assert train_cfg.optim.optimizer._target_
+
+
+def test_bad_method_and_suite_are_one_line_errors(capsys, tmp_path: Path):
+    assert main(["only=[nope]", f"results_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: only=['nope']: unknown method(s) ['nope']")
+    assert main(["suite=nope"]) == 2
+    assert "suite/nope" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def test_state_bytes_count_state_and_param_group_tensors():
+    import dog
+
+    params = [torch.nn.Parameter(torch.zeros(10, 5)), torch.nn.Parameter(torch.zeros(5))]
+    n = 55
+    plain = torch.optim.SGD(params, lr=0.1)
+    _step(plain, params)
+    assert optimizer_state_bytes(plain) == 0
+    momentum = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    _step(momentum, params)
+    assert optimizer_state_bytes(momentum) == 4 * n  # one float32 buffer per parameter
+    adam = torch.optim.Adam(params, lr=1e-3)
+    _step(adam, params)
+    # exp_avg + exp_avg_sq, plus one float32 step counter per tensor
+    assert optimizer_state_bytes(adam) == 8 * n + 4 * 2
+    dog_opt = dog.DoG(params)
+    _step(dog_opt, params)
+    group_tensors = sum(t.numel() * t.element_size() for t in dog_opt.param_groups[0]["init_buffer"])
+    assert group_tensors == 4 * n
+    assert optimizer_state_bytes(dog_opt) >= 4 * n  # the initial-weights copy kept in param_groups
+
+
+def test_effective_lr_multiplies_the_estimate():
+    import prodigyopt
+
+    params = [torch.nn.Parameter(torch.ones(3))]
+    assert effective_lr(torch.optim.SGD(params, lr=0.25)) == 0.25
+    prodigy = prodigyopt.Prodigy(params, lr=2.0)
+    prodigy.param_groups[0]["d"] = 1e-3
+    assert effective_lr(prodigy) == pytest.approx(2e-3)
+
+
+@pytest.mark.parametrize("optim", ["schedulefree_adamw", "prodigy_sf", "momentum_lrfind_cosine"])
+def test_new_optim_configs_step(optim: str):
+    cfg = compose_train(["dataset=digits", "model=mlp", f"optim={optim}"])
+    import hydra
+
+    net = torch.nn.Linear(4, 2)
+    optimizer = hydra.utils.instantiate(cfg.optim.optimizer, _convert_="all")(params=net.parameters())
+    getattr(optimizer, "train", lambda: None)()
+    before = net.weight.detach().clone()
+    net(torch.randn(8, 4)).pow(2).mean().backward()
+    optimizer.step()
+    assert not torch.equal(before, net.weight.detach())
+    assert optimizer_state_bytes(optimizer) > 0
+    if optim == "momentum_lrfind_cosine":
+        callback = hydra.utils.instantiate(cfg.callbacks.lr_find_cosine)
+        assert isinstance(callback, LRFinderCosine) and callback._num_training_steps == 100
+
+
+def test_epoch_rows_merge_lightning_rows(tmp_path: Path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,val/acc,bench/step_seconds,test/acc\n"
+                    "0,9,,0.5,,\n0,9,1.5,,0.01,\n1,19,,0.7,,\n1,19,1.0,,0.02,\n2,20,,,,0.69\n")
+    rows = epoch_rows(path)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[1]["train/loss"] == 1.0 and rows[1]["val/acc"] == 0.7 and rows[1]["bench/step_seconds"] == 0.02
+
+
+def test_summary_flags_divergence_and_ratios():
+    runs = [{"method": m, "seed": 0, "status": "ok"} for m in ("sgd_fixed", "sgd", "bad")]
+    rows = []
+    for epoch in range(3):
+        rows.append({"method": "sgd_fixed", "seed": 0, "epoch": epoch, "val/acc": 0.5 + 0.1 * epoch, "train/loss": 2.0 - epoch,
+                     "bench/step_seconds": 0.01, "bench/elapsed_seconds": 10.0 * (epoch + 1), "bench/state_bytes_per_param": 0.0})
+        rows.append({"method": "sgd", "seed": 0, "epoch": epoch, "val/acc": 0.8, "train/loss": 1.0,
+                     "bench/step_seconds": 0.02, "bench/elapsed_seconds": 5.0, "lipschitz/lr": 10.0 ** epoch,
+                     "lipschitz/grad_max_over_L": 0.5})
+        rows.append({"method": "bad", "seed": 0, "epoch": epoch, "val/acc": 0.1, "train/loss": float("nan") if epoch == 2 else 2.0})
+    stats = summarise(runs, rows, target=0.65, chance=0.1)
+    assert stats["sgd_fixed"]["epochs_to_target"] == 3 and stats["sgd_fixed"]["seconds_to_target"] == 30.0
+    assert stats["sgd"]["step_ratio"] == pytest.approx(2.0) and stats["sgd"]["lr_max"] == 100.0
+    assert stats["sgd"]["lipschitz"] and not stats["sgd_fixed"]["lipschitz"]
+    assert stats["bad"]["diverged"] == [(0, "NaN/failed")] and not stats["sgd"]["diverged"]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_tiny_suite_runs_resumes_and_reports(tmp_path: Path, capsys):
+    results, runs_dir = tmp_path / "results", tmp_path / "runs"
+    args = ["suite=digits", "epochs=2", "seeds=[0]", "only=[sgd,sgd_fixed,momentum_lrfind_cosine]",
+            f"results_dir={results}", f"runs_dir={runs_dir}",
+            'extra=["++callbacks.lr_find_cosine.num_training_steps=30","~callbacks.model_checkpoint"]']
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 to run" in out and out.count(" ok in ") == 3, out
+    runs = read_rows(results / "digits_runs.csv")
+    assert [r["method"] for r in runs] == ["sgd", "sgd_fixed", "momentum_lrfind_cosine"]
+    assert all(r["status"] == "ok" and r["epochs"] == 2 and 0 < r["test_acc"] <= 1 for r in runs)
+    epochs = read_rows(results / "digits_epochs.csv")
+    assert len(epochs) == 6
+    by = {(r["method"], r["epoch"]): r for r in epochs}
+    assert by[("sgd", 1)]["lipschitz/lr"] > 0 and by[("sgd", 1)]["lipschitz/grad_max_over_L"] > 0
+    assert by[("sgd_fixed", 0)]["bench/lr"] == pytest.approx(0.01)
+    assert by[("momentum_lrfind_cosine", 0)]["bench/lr_find"] > 0
+    assert by[("momentum_lrfind_cosine", 1)]["bench/lr"] < by[("momentum_lrfind_cosine", 0)]["bench/lr"]  # cosine
+    assert by[("sgd_fixed", 1)]["bench/steps"] == 40 and by[("sgd_fixed", 1)]["bench/step_seconds"] > 0
+    assert by[("momentum_lrfind_cosine", 1)]["bench/state_bytes_per_param"] == pytest.approx(4.0)
+
+    # Resume: nothing is run again.
+    assert main(args) == 0
+    assert "0 to run" in capsys.readouterr().out
+    assert len(read_rows(results / "digits_runs.csv")) == 3
+
+    text = generate(results, tmp_path / "docs" / "benchmarks.md")
+    assert "## Suite `digits`" in text and "| **sgd** | 1 |" in text and "| sgd_fixed | 1 |" in text
+    assert "Best LipschitzLR rule: `sgd`" in text
+    assert (tmp_path / "docs" / "img" / "digits_test_acc.png").stat().st_size > 1000
+    assert (tmp_path / "docs" / "img" / "digits_lr.png").stat().st_size > 1000
+
+
+def test_report_classical_section_from_tables(tmp_path: Path):
+    from lipschitz_lightning.classical import CURVE_COLUMNS, TABLE1_COLUMNS, TABLE2_COLUMNS, _upsert
+
+    results = tmp_path / "results"
+    _upsert(results / "classical_table1.csv", TABLE1_COLUMNS, "breast_cancer", [{
+        "dataset": "breast_cancer", "loss": "bce", "m": 569, "n": 30, "threshold": 0.69, "L": 2e-4, "inv_L": 5000.0,
+        "epochs_alpha": 41000, "epochs_inv_L": 1, "ran_alpha": 41000, "ran_inv_L": 5000, "increases_inv_L": 0,
+        "final_loss_inv_L": 0.2, "paper_inv_L": 4280.23, "paper_epochs_alpha": 37008, "paper_epochs_inv_L": 2}])
+    _upsert(results / "classical_table1.csv", TABLE1_COLUMNS, "diabetes", [{
+        "dataset": "diabetes", "loss": "mse", "m": 442, "n": 10, "threshold": 3000, "L": -1.1, "inv_L": float("nan"),
+        "ran_alpha": 100, "epochs_alpha": None}])
+    _upsert(results / "classical_table2.csv", TABLE2_COLUMNS, "iris", [{
+        "dataset": "iris", "m_train": 105, "m_test": 45, "scale": "none", "accuracy_epochs": 200, "inv_L": 2.1,
+        "acc_alpha": 0.9, "acc_inv_L": 0.95, "paper_acc_alpha": 0.9333, "paper_acc_inv_L": 0.9778}])
+    _upsert(results / "classical_curves.csv", CURVE_COLUMNS, "breast_cancer",
+            [{"dataset": "breast_cancer", "rate": rate, "epoch": e, "loss": 0.7 / (1 + e * k)}
+             for rate, k in (("alpha", 1e-4), ("inv_L", 1.0)) for e in range(50)])
+    text = generate(results, tmp_path / "docs" / "benchmarks.md")
+    assert "## Classical models" in text
+    assert "| breast_cancer | bce | 569 x 30 | 0.69 | 5000 | 41,000 | 1 | 4280.23 | 37,008 | 2 | 0 of 5,000 epochs |" in text
+    assert "invalid (L = -1.1)" in text and "| iris | 200 | none | 2.1 | 90.00 | 95.00 |" in text
+    assert "breast_cancer: 1/L = 5000 reaches T_L in 1 epochs against 41,000 at 0.1" in text
+    assert "Not run: their files need a download" in text and "california_housing" in text
+    assert "Not run yet (the data is here" in text and "wine" in text
+    assert (tmp_path / "docs" / "img" / "classical_loss_curves.png").stat().st_size > 1000
+
+
+def test_lr_finder_cosine_sweeps_even_a_run_shorter_than_its_sweep(tmp_path: Path):
+    """2 epochs of 2 batches, a 20-step sweep: the rate is found, then decays on the cosine."""
+    from lipschitz_lightning.train import train
+    from tests.conftest import tiny_cfg
+
+    cfg = tiny_cfg(tmp_path, "model=mlp", "optim=momentum_lrfind_cosine",
+                   "callbacks.lr_find_cosine.num_training_steps=20", kind="tabular", epochs=2)
+    metrics = train(cfg)
+    assert 1e-5 <= metrics["bench/lr_find"] <= 1.0
+    assert math.isfinite(metrics["train/loss"])
