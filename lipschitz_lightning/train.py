@@ -341,10 +341,8 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         datamodule.prepare_data()
     datamodule.setup("fit")
 
-    callbacks: List[pl.Callback] = [
-        _instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()
-    ] + ([lipschitz] if lipschitz is not None else [])
-    loggers = [_instantiate(node, f"logger.{name}") for name, node in (cfg.get("logger") or {}).items()]
+    callbacks: List[pl.Callback] = _build_group(cfg, "callbacks") + ([lipschitz] if lipschitz is not None else [])
+    loggers = _build_group(cfg, "logger")
     trainer: pl.Trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     if loggers and not ckpt_path:
         params: Dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
@@ -379,6 +377,20 @@ def _as_floats(metrics: Dict[str, Any]) -> Dict[str, float]:
         except (TypeError, ValueError):
             continue
     return out
+
+
+def _build_group(cfg: DictConfig, group: str) -> List[Any]:
+    """Instantiate every entry of ``cfg.<group>`` that names a ``_target_``. An entry without one
+    only tunes a callback that another option adds (e.g. a sweep-wide
+    ``++callbacks.lr_find_cosine.num_training_steps=30`` in a run of another optim): it is logged
+    and left out, since there is nothing to build."""
+    built = []
+    for name, node in (cfg.get(group) or {}).items():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            built.append(_instantiate(node, f"{group}.{name}"))
+        elif node is not None:
+            log.info(f"{group}.{name} has no _target_ in this run (no option adds it): left out")
+    return built
 
 
 class _ctrl_c_stops_after_this_batch:

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests._dataset_files import write_cifar10_binary
 from tests.conftest import run_cli
 
-TAGS = ("lipschitz/lr", "lipschitz/K_z", "train/loss", "train/acc", "val/loss", "val/acc")
+TAGS = ("lipschitz/lr", "lipschitz/K_z", "train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
 EPOCHS = 4
 STEPS_PER_EPOCH = 13  # 200 generated training images, batch 16
 

@@ -114,6 +114,9 @@ class SupervisedModule(pl.LightningModule):
             self.val_best = MaxMetric()
         else:
             self.val_best = MinMetric()
+        # The best epoch so far is part of the run: saved in checkpoints, so a resumed run goes on
+        # from it instead of starting over (the sanity check never reaches it, see below).
+        self.val_best.persistent(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.get("channels_last") and x.dim() == 4:
@@ -156,9 +159,12 @@ class SupervisedModule(pl.LightningModule):
     def test_step(self, batch: Tuple[torch.Tensor, ...], batch_idx: int) -> None:
         self._update("test", batch)
 
-    def on_train_start(self) -> None:
-        # The sanity check must not count towards the best epoch.
-        self.val_best.reset()
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # Checkpoints written before val_best was saved lack its state: start it afresh.
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            for key, value in self.val_best.state_dict(prefix="val_best.").items():
+                state.setdefault(key, value)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
