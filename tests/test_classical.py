@@ -1,6 +1,6 @@
 """The classical experiments' CLI (paper Tables 1-2, Figure 1) on bundled and generated data.
 
-Fast: scikit-learn's bundled sets with few epochs, MNIST from generated files; no /work/shared.
+Fast: scikit-learn's bundled sets with few epochs, MNIST from generated files; no ../shared.
 """
 
 from __future__ import annotations
