@@ -151,3 +151,28 @@ def trainer(callbacks, max_epochs: int = 3, **kwargs) -> pl.Trainer:
                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     defaults.update(kwargs)
     return pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, **defaults)
+
+
+def max_param_norm(module):
+    return max(float(p.detach().norm()) for p in module.parameters())
+
+
+class InputRecorder(pl.Callback):
+    """An independent record of the head input in training steps, and of W at each epoch end."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_fit_start(self, trainer, pl_module):
+        def hook(module, args):
+            if module.training and torch.is_grad_enabled():
+                self.epochs[-1]["A"].append(args[0].detach().clone())
+
+        self.handle = pl_module.net.head.register_forward_pre_hook(hook)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epochs.append({"A": []})
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs[-1]["W"] = max_param_norm(pl_module)
+        self.epochs[-1]["head"] = pl_module.net.head.weight.detach().clone()

@@ -15,6 +15,8 @@ from torch import nn
 from lipschitz_lightning import LipschitzLR
 from lipschitz_lightning.callbacks import LipschitzLRError
 from tests.lipschitz_toys import (
+    InputRecorder,
+    max_param_norm,
     OPTIMIZERS,
     RateRecorder,
     ResumableDataModule,
@@ -29,31 +31,6 @@ from tests.lipschitz_toys import (
 def toy(rule="sgd", loss="softmax_ce", k=3, seed=0, **net_kwargs):
     torch.manual_seed(seed)
     return ToyModule(ToyNet(k=k, **net_kwargs), OPTIMIZERS[rule], loss=loss)
-
-
-def max_param_norm(module):
-    return max(float(p.detach().norm()) for p in module.parameters())
-
-
-class InputRecorder(pl.Callback):
-    """An independent record of the head input in training steps, and of W at each epoch end."""
-
-    def __init__(self):
-        self.epochs = []
-
-    def on_fit_start(self, trainer, pl_module):
-        def hook(module, args):
-            if module.training and torch.is_grad_enabled():
-                self.epochs[-1]["A"].append(args[0].detach().clone())
-
-        self.handle = pl_module.net.head.register_forward_pre_hook(hook)
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self.epochs.append({"A": []})
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.epochs[-1]["W"] = max_param_norm(pl_module)
-        self.epochs[-1]["head"] = pl_module.net.head.weight.detach().clone()
 
 
 # --------------------------------------------------------------------------- the formula, end to end
@@ -397,6 +374,19 @@ def test_resume_reproduces_the_rates_of_an_uninterrupted_run(tmp_path):
     assert cb.state.t == 4
 
 
+class _CrashAfterTwoSteps(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx == 1:
+            raise RuntimeError("crash")
+
+
+def crash_after_two_steps(tmp_path, data):
+    """A run that crashes after the second step of epoch 0, leaving tmp_path/on_exception.ckpt."""
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer([LipschitzLR(first_epoch_lr=0.05), _CrashAfterTwoSteps(), OnExceptionCheckpoint(dirpath=tmp_path)],
+                max_epochs=2, enable_checkpointing=True, default_root_dir=tmp_path / "a").fit(toy("sgd"), datamodule=data)
+
+
 def test_interrupted_epoch_keeps_its_statistics(tmp_path):
     """A crash mid-epoch: the on-exception checkpoint carries the epoch's statistics so far, and the
     resumed epoch ends with the K_z of an uninterrupted one."""
@@ -404,14 +394,7 @@ def test_interrupted_epoch_keeps_its_statistics(tmp_path):
     full = RateRecorder()
     trainer([LipschitzLR(first_epoch_lr=0.05), full], max_epochs=2).fit(toy("sgd"), datamodule=data)
 
-    class Crash(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.current_epoch == 0 and batch_idx == 1:
-                raise RuntimeError("crash")
-
-    with pytest.raises(RuntimeError, match="crash"):
-        trainer([LipschitzLR(first_epoch_lr=0.05), Crash(), OnExceptionCheckpoint(dirpath=tmp_path)], max_epochs=2,
-                enable_checkpointing=True, default_root_dir=tmp_path / "a").fit(toy("sgd"), datamodule=data)
+    crash_after_two_steps(tmp_path, data)
     checkpoint = torch.load(tmp_path / "on_exception.ckpt", weights_only=False)
     (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("LipschitzLR")]
     assert len(state["pending_steps"]) == 2
@@ -431,14 +414,7 @@ def test_a_checkpoint_in_the_first_format_still_resumes(tmp_path):
     full = RateRecorder()
     trainer([LipschitzLR(first_epoch_lr=0.05), full], max_epochs=2).fit(toy("sgd"), datamodule=data)
 
-    class Crash(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.current_epoch == 0 and batch_idx == 1:
-                raise RuntimeError("crash")
-
-    with pytest.raises(RuntimeError, match="crash"):
-        trainer([LipschitzLR(first_epoch_lr=0.05), Crash(), OnExceptionCheckpoint(dirpath=tmp_path)], max_epochs=2,
-                enable_checkpointing=True, default_root_dir=tmp_path / "a").fit(toy("sgd"), datamodule=data)
+    crash_after_two_steps(tmp_path, data)
     path = tmp_path / "on_exception.ckpt"
     checkpoint = torch.load(path, weights_only=False)
     (key,) = [k for k in checkpoint["callbacks"] if k.startswith("LipschitzLR")]

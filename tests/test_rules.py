@@ -30,7 +30,7 @@ from lipschitz_lightning.math import (
 from lipschitz_lightning.modules import SupervisedModule
 from lipschitz_lightning.train import train
 from tests.conftest import compose_train, path_overrides, tiny_trainer
-from tests.lipschitz_toys import OPTIMIZERS, RateRecorder, ToyDataModule, ToyModule, ToyNet, make_data, trainer
+from tests.lipschitz_toys import OPTIMIZERS, InputRecorder, RateRecorder, ToyDataModule, ToyModule, ToyNet, make_data, trainer
 
 # --------------------------------------------------------------------------- the math
 
@@ -106,18 +106,8 @@ def test_adamo_consistent_seeds_K_with_the_inverse_of_x():
 # --------------------------------------------------------------------------- the callback
 
 
-class HeadInputs(pl.Callback):
-    """Records the head input of every training step and the head's weight at each epoch end."""
-
-    def __init__(self):
-        self.epochs = []
-
-    def on_fit_start(self, trainer, pl_module):
-        def hook(module, args):
-            if module.training and torch.is_grad_enabled():
-                self.epochs[-1]["A"].append(args[0].detach().clone())
-
-        self.handle = pl_module.net.head.register_forward_pre_hook(hook)
+class HeadInputs(InputRecorder):
+    """Records the head input of every training step and the head's largest weight per epoch."""
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.epochs.append({"A": [], "head_max": 0.0})
