@@ -8,6 +8,7 @@ made tiny (synthetic data, a couple of batches, CPU, no progress bar) and pointe
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,7 +85,15 @@ def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=_sigint_as_in_a_terminal,
     )
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """Start the child with Ctrl-C at its default, as a shell in a terminal does. A test session
+    started in the background (``cmd &``, nohup) ignores SIGINT, its children inherit that, and the
+    app rightly leaves an ignored SIGINT ignored: the Ctrl-C tests would then see no Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)
