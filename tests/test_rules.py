@@ -24,6 +24,8 @@ from lipschitz_lightning.math import (
     gradient_entry_bound,
     initial_state,
     last_layer_smoothness,
+    loss_rose,
+    mean_and_se,
     next_rate,
     spectral_norm_upper_bound,
 )
@@ -254,6 +256,66 @@ def test_guard_rolls_back_a_diverging_epoch_and_retries_at_a_smaller_rate():
     assert max(rates.rates[1:]) <= first_failed * 0.25 * (1 + 1e-9)  # the ceiling holds
     assert rates.rates[-1] <= first_failed * 0.25 ** cb.rollbacks * (1 + 1e-9)  # and shrinks with each rollback
     assert math.isfinite(cb.last_stats["K_z"]) and math.isfinite(cb.last_stats["W"])
+
+
+def test_mean_and_standard_error_by_hand():
+    assert mean_and_se([1.0, 3.0]) == (2.0, pytest.approx(1.0))  # sd sqrt(2), / sqrt(2)
+    assert mean_and_se([0.5]) == (0.5, 0.0)
+    assert all(math.isnan(v) for v in mean_and_se([]))
+
+
+def test_loss_rose_tells_a_rise_from_batch_noise():
+    # A late-training epoch whose step losses scatter around 0.06 (sd 0.1 over 40 steps: se 0.0158)
+    # against a reference of 0.027 (se 0.01): twice the reference, but the rise 0.033 is within
+    # 3 x sqrt(0.0158^2 + 0.01^2) = 0.056 and far below the initial loss: noise, no failure.
+    noisy = [0.06 + 0.1 * (1 if i % 2 else -1) * (i % 3 != 0) for i in range(40)]
+    mean, se = mean_and_se(noisy)
+    assert mean > 2 * 0.027 and mean - 0.027 < 3 * math.hypot(se, 0.01)
+    assert loss_rose(0.027, 0.01, noisy, factor=2.0, z=3.0, initial=2.3) is None
+    # The same rise without the scatter is a real rise.
+    assert loss_rose(0.027, 0.0, [0.06] * 40, factor=2.0, z=3.0, initial=2.3) == pytest.approx(0.06)
+    # Back at chance (ln 10) after reaching 0.03: fails on the mean and on the last quarter.
+    assert loss_rose(0.03, 0.005, [2.3] * 40, factor=2.0, z=3.0, initial=2.3) == pytest.approx(2.3)
+    # A first epoch (reference: the first step's loss, no spread) with a few huge steps it recovered
+    # from at chance level: the spread hides it from the noise test, the rise beyond the initial
+    # loss does not.
+    spike = [2.3, 2.3, 100.0, 100.0] + [2.3] * 36
+    mean, se = mean_and_se(spike)
+    assert mean - 2.3 < 3 * se and mean - 2.3 > 2.3
+    assert loss_rose(2.3, 0.0, spike, factor=2.0, z=3.0, initial=2.3) == pytest.approx(mean)
+    # Only the last quarter rose: caught by the last-quarter mean.
+    late = [0.1] * 30 + [0.5] * 10
+    assert loss_rose(0.1, 0.0, late, factor=2.0, z=3.0, initial=2.3) == pytest.approx(0.5)
+    assert loss_rose(0.1, 0.0, [], factor=2.0, z=3.0, initial=2.3) is None
+
+
+class ScriptedLoss(ToyModule):
+    """A toy whose training loss per step is scripted per epoch (the gradient is zero), so the
+    guard's loss test is seen through the callback's logged ``lipschitz/rollbacks`` alone."""
+
+    def __init__(self, script):
+        super().__init__(ToyNet(), OPTIMIZERS["sgd"])
+        self.script = script
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        epoch = min(self.trainer.current_epoch, len(self.script) - 1)
+        return self(x).sum() * 0.0 + self.script[epoch][batch_idx]
+
+
+@pytest.mark.parametrize(("second_epoch", "rollbacks"), [
+    # the step losses scatter around twice the reference: noise, kept
+    ([0.001, 0.001, 0.001, 0.2], 0),
+    # the same mean with no scatter: a rise, rolled back
+    ([0.05, 0.05, 0.05, 0.05], 1),
+])
+def test_guard_rolls_back_a_rise_but_not_batch_noise(second_epoch, rollbacks):
+    first_epoch = [2.3, 0.5, 0.03, 0.02]  # its last quarter (one step): the reference 0.02
+    torch.manual_seed(0)
+    module = ScriptedLoss([first_epoch, second_epoch, first_epoch[-1:] * 4])
+    t = trainer([LipschitzLR(rule="gradbound", guard=True, first_epoch_checks=False)], max_epochs=3)
+    t.fit(module, datamodule=ToyDataModule(make_data(n=64), 16))  # 4 steps per epoch
+    assert float(t.callback_metrics["lipschitz/rollbacks"]) == rollbacks
 
 
 def test_guard_gives_up_with_one_clear_error_after_max_rollbacks():

@@ -21,7 +21,8 @@ rate of one device x batch N*b (spec section 4).
 
 The guard (on by default for the rules beyond the paper, off for the paper's four): when an
 epoch's training loss turns non-finite or its mean or end rises above ``guard_loss_factor`` times where it started
-(the previous epoch's end; in the first epoch, the loss of the initial weights), or the
+(the previous epoch's end; in the first epoch, the loss of the initial weights) by more than its
+noise (``guard_loss_z`` standard errors; ``math.guard.loss_rose``), or the
 head input's norm collapses below ``guard_collapse`` times its start, the weights and optimizer
 state of the epoch's start are restored and the next epoch runs at ``guard_shrink`` times the
 failed rate, which also caps every later rate.
@@ -77,6 +78,7 @@ from lipschitz_lightning.math.rules import (
     next_rate,
     time_decay,
 )
+from lipschitz_lightning.math.guard import loss_rose, mean_and_se
 from lipschitz_lightning.math.statistics import HeadStats
 
 __all__ = ["LipschitzLR", "LipschitzLRError", "check_optimizer", "find_head"]
@@ -144,7 +146,11 @@ class LipschitzLR(HeadGathering, pl.Callback):
             default (on for the new rules, off for the paper's).
         guard_loss_factor: an epoch fails when the mean loss of its steps, or of its last quarter,
             exceeds this times the reference: the previous accepted epoch's last-quarter mean, or in the
-            first epoch the first step's loss (the loss of the initial weights).
+            first epoch the first step's loss (the loss of the initial weights)...
+        guard_loss_z: ... and exceeds the reference by more than this many standard errors of the
+            difference (from the spread of the step losses), or by more than ``guard_loss_factor - 1``
+            times the run's initial loss, so that batch noise around a small loss is not taken for
+            a rise (``math.guard.loss_rose``).
         guard_collapse: an epoch fails when the mean ``||A||`` of its last quarter of steps falls
             below this times the mean of its first quarter (dead ReLUs).
         guard_shrink: the retried epoch's rate, as a fraction of the failed one.
@@ -179,6 +185,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         max_growth: Optional[float] = None,
         guard: Optional[bool] = None,
         guard_loss_factor: float = 2.0,
+        guard_loss_z: float = 3.0,
         guard_collapse: float = 1e-2,
         guard_shrink: float = 0.25,
         guard_snapshot: str = "device",
@@ -223,6 +230,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
             raise ValueError(f"LipschitzLR: max_growth must be a positive number; got {max_growth!r}")
         if not (_is_positive_number(guard_loss_factor) and guard_loss_factor > 1):
             raise ValueError(f"LipschitzLR: guard_loss_factor must be a number > 1; got {guard_loss_factor!r}")
+        if isinstance(guard_loss_z, bool) or not (isinstance(guard_loss_z, (int, float)) and 0 <= guard_loss_z < math.inf):
+            raise ValueError(f"LipschitzLR: guard_loss_z must be a number >= 0; got {guard_loss_z!r}")
         if not (isinstance(guard_collapse, (int, float)) and 0 <= guard_collapse < 1):
             raise ValueError(f"LipschitzLR: guard_collapse must be in [0, 1); got {guard_collapse!r}")
         if not (_is_positive_number(guard_shrink) and guard_shrink < 1):
@@ -247,6 +256,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self.max_growth = entry.max_growth if max_growth is None else max_growth
         self.guard = entry.guard if guard is None else bool(guard)
         self.guard_loss_factor = float(guard_loss_factor)
+        self.guard_loss_z = float(guard_loss_z)
         self.guard_collapse = float(guard_collapse)
         self.guard_shrink = float(guard_shrink)
         self.guard_snapshot = guard_snapshot
@@ -262,6 +272,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self._consecutive_rollbacks = 0
         self._ceiling: Optional[float] = None  # the guard's cap after a rollback
         self._loss_reference: Optional[float] = None  # the last accepted epoch's final loss
+        self._loss_reference_se = 0.0  # and its standard error
+        self._initial_loss: Optional[float] = None  # the run's first step loss (the guard's scale)
         self._warned_invalid = False
         self._restored = False
 
@@ -492,7 +504,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
         else:
             self._consecutive_rollbacks = 0
             if stats.step_losses:
-                self._loss_reference = _mean(stats.step_losses[-max(1, len(stats.step_losses) // 4):])
+                self._loss_reference, self._loss_reference_se = mean_and_se(
+                    stats.step_losses[-max(1, len(stats.step_losses) // 4):])
             new_lr, new_state = next_rate(self.rule, self.state, bound, self._hyper)
             invalid = not (bounds.is_valid_bound(bound.L) and stats.k_z > 0 and bounds.is_valid_bound(new_lr))
             if invalid:
@@ -579,10 +592,13 @@ class LipschitzLR(HeadGathering, pl.Callback):
         if not finite:
             return "the training loss or the weights turned non-finite"
         if losses:
-            n = max(1, len(losses) // 4)
-            start = self._loss_reference if self._loss_reference is not None else losses[0]
-            end = max(_mean(losses), _mean(losses[-n:]))  # the epoch's mean catches a spike it recovered from
-            if end > self.guard_loss_factor * start:
+            first = self._loss_reference is None
+            start = losses[0] if first else self._loss_reference
+            if self._initial_loss is None:
+                self._initial_loss = losses[0]
+            end = loss_rose(start, 0.0 if first else self._loss_reference_se, losses, self.guard_loss_factor,
+                            self.guard_loss_z, self._initial_loss)
+            if end is not None:
                 return f"the training loss rose from {start:.4g} to {end:.4g}"
         if norms and self.guard_collapse > 0:
             n = max(1, len(norms) // 4)
@@ -625,6 +641,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
             "consecutive_rollbacks": self._consecutive_rollbacks,
             "ceiling": self._ceiling,
             "loss_reference": self._loss_reference,
+            "loss_reference_se": self._loss_reference_se,
+            "initial_loss": self._initial_loss,
         }
         # An interrupted epoch's statistics so far: the steps that finished (empty at epoch boundaries).
         pending = self._pending_state() if not self._epoch_finished else {"pending_steps": [], "pending_grad_max": None}
@@ -642,6 +660,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self._consecutive_rollbacks = int(state_dict.get("consecutive_rollbacks", 0))
         self._ceiling = state_dict.get("ceiling")
         self._loss_reference = state_dict.get("loss_reference")
+        self._loss_reference_se = float(state_dict.get("loss_reference_se") or 0.0)
+        self._initial_loss = state_dict.get("initial_loss")
         self._load_pending(state_dict)
         self._restored_mid_epoch = bool(self._steps)
         self._restored = self.lr is not None
