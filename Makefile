@@ -23,9 +23,10 @@ install: $(STAMP)
 quickstart: install
 	$(BIN)/python -m lipschitz_lightning.train experiment=quickstart
 
-# The whole suite, slow tests included (CI runs exactly this through .ci/run).
+# The whole suite, slow tests included (CI runs exactly this through .ci/run), one pytest-xdist
+# worker per core; the modules that share an expensive fixture stay on one worker (xdist_group).
 test: install
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n auto --dist loadgroup
 
 # Per-step cost of the LipschitzLR callback (ResNet20, random CIFAR-shaped data), printed as ratios.
 bench: install

@@ -19,6 +19,9 @@ import pytest
 
 from tests.conftest import ROOT, FreshVenv
 
+# Under pytest-xdist (make test), one worker runs this module: the session's fresh venv (built in the repository's build/) is made once, on one worker.
+pytestmark = pytest.mark.xdist_group("fresh_venv")
+
 Instruction = Tuple[str, str]
 
 

@@ -25,7 +25,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+# Under pytest-xdist (make test), one worker runs this module: the module's one-process reference run is made once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multinode")]
 
 COMMON = [
     "dataset=synthetic", "dataset.input_shape=[10]", "dataset.num_classes=3", "dataset.num_train=64",

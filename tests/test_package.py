@@ -16,6 +16,9 @@ import pytest
 from lipschitz_lightning.configs import config_dir
 from tests.conftest import CONF_DIR, CORE_ONLY_ABSENT, ROOT, FreshVenv
 
+# Under pytest-xdist (make test), one worker runs this module: the session's fresh venv (built in the repository's build/) is made once, on one worker.
+pytestmark = pytest.mark.xdist_group("fresh_venv")
+
 
 
 def test_clone_reads_its_own_conf_folder():
