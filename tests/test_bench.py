@@ -149,6 +149,31 @@ def test_summary_flags_divergence_and_ratios():
     assert stats["bad"]["diverged"] == [(0, "NaN/failed")] and not stats["sgd"]["diverged"]
 
 
+def test_report_puts_our_best_rule_against_the_best_learning_rate_free_optimizer(tmp_path: Path):
+    """The per-suite comparison issue 7 asks for, from the results alone: ours vs learning-rate-free
+    by final accuracy at equal epochs, the suite's bar, and the state of the paper's same-family rule."""
+    from lipschitz_lightning.bench.results import EPOCH_COLUMNS, RUN_COLUMNS, append_rows
+
+    results = tmp_path / "results"
+    final = {"adamo": 0.95, "smooth_momentum": 0.983, "gradbound": 0.97, "prodigy": 0.991, "dog": 0.985,
+             "momentum_fixed": 0.99}
+    state = {"adamo": 4.0, "smooth_momentum": 4.0, "gradbound": 0.0, "prodigy": 16.0, "dog": 4.0, "momentum_fixed": 4.0}
+    append_rows(results / "mnist_runs.csv", RUN_COLUMNS,
+                [{"suite": "mnist", "method": m, "seed": 0, "epochs": 2, "status": "ok", "test_acc": a} for m, a in final.items()])
+    append_rows(results / "mnist_epochs.csv", EPOCH_COLUMNS,
+                [{"suite": "mnist", "method": m, "seed": 0, "epoch": e, "train/loss": 1.0 / (e + 1),
+                  "val/acc": a - 0.01 * (1 - e), "bench/state_bytes_per_param": state[m]}
+                 for m, a in final.items() for e in range(2)])
+    text = generate(results, tmp_path / "docs" / "benchmarks.md")
+    assert "**Our rules against the learning-rate-free optimizers**" in text
+    assert "- `smooth_momentum`: 98.30% over 1 run(s); never diverged." in text
+    assert "- `gradbound`: 97.00% over 1 run(s); never diverged." in text
+    # the tuned momentum baseline (0.99) is not a learning-rate-free optimizer: prodigy is the best of those
+    assert ("Best of ours `smooth_momentum` 98.30% against the best learning-rate-free `prodigy` 99.10%: -0.80 points: "
+            "short of the 0.5-point bar by 0.30 points.") in text
+    assert "`smooth_momentum` holds 4 B/param of optimizer state, `prodigy` 16, the paper's rule of the same family `adamo` 4." in text
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lipschitz_lightning.bench.results import read_rows
 
@@ -34,6 +34,11 @@ CONF = ROOT / "conf"
 # seconds-per-step ratio. Methods are read from the results; these only label them.
 LIPSCHITZ: Tuple[str, ...] = ("sgd", "adamo", "rmsprop", "auto_adam")
 REFERENCE = "sgd_fixed"
+# The learning-rate-free competitors, by the package their optimizer comes from.
+LR_FREE_PACKAGES: Tuple[str, ...] = ("prodigyopt", "dadaptation", "dog", "schedulefree", "prodigyplus")
+# How close our best rule must come to the best learning-rate-free optimizer (points of final test
+# accuracy at equal epochs), per suite; the bar issue 7 set.
+OURS_WITHIN: Dict[str, float] = {"mnist": 0.5, "cifar10": 3.0, "gpu_mnist": 0.5, "gpu_cifar10": 3.0}
 SUITES: Tuple[str, ...] = ("digits", "mnist", "cifar10", "gpu_mnist", "gpu_cifar10")
 
 
@@ -45,6 +50,42 @@ def _is_lipschitz(method: str) -> bool:
         node = OmegaConf.load(path)
         return node.get("callback") is not None and "LipschitzLR" in str(node.get("callback"))
     return False
+
+
+def _optim(method: str) -> Optional[DictConfig]:
+    path = CONF / "optim" / f"{method}.yaml"
+    return OmegaConf.load(path) if path.exists() else None
+
+
+def _rule(method: str) -> Optional[str]:
+    """The LipschitzLR rule a method's optim file schedules with (None: no LipschitzLR)."""
+    node = _optim(method)
+    callback = node.get("callback") if node is not None else None
+    return str(callback.get("rule")) if callback is not None and "LipschitzLR" in str(callback.get("_target_")) else None
+
+
+def _kind(method: str) -> str:
+    """``paper`` (one of the paper's four rules), ``ours`` (a rule of our own), ``lr_free`` (a
+    learning-rate-free optimizer from its own package) or ``other`` (fixed and tuned baselines);
+    read from the method's optim file and the rule registry."""
+    from lipschitz_lightning.math.rules import RULES
+
+    rule = _rule(method)
+    if rule is not None:
+        return "paper" if RULES[rule].paper else "ours"
+    node = _optim(method)
+    target = str(node.optimizer.get("_target_", "")) if node is not None and node.get("optimizer") else ""
+    return "lr_free" if target.split(".")[0] in LR_FREE_PACKAGES else "other"
+
+
+def _family(method: str) -> Tuple[str, bool]:
+    """The optimizer a method steps with and whether it uses momentum: the paper's rule of the
+    same family is the one with the same pair."""
+    node = _optim(method)
+    optimizer = node.get("optimizer") if node is not None else None
+    if optimizer is None:
+        return ("", False)
+    return (str(optimizer.get("_target_")), float(optimizer.get("momentum") or 0.0) > 0)
 
 
 def _finite(values: Iterable[Optional[float]]) -> List[float]:
@@ -270,6 +311,10 @@ def _suite_section(name: str, results: Path, img: Path, out_dir: Path) -> Tuple[
         lines += [f"![grad_max over L per epoch]({rel(ratio_png)})", ""]
     reading, headline = _reading(name, stats, target, epochs)
     lines += ["**Reading** (generated from the table):", ""] + [f"- {r}" for r in reading] + [""]
+    ours = _ours_against_lr_free(name, stats)
+    if ours:
+        lines += ["**Our rules against the learning-rate-free optimizers** (final test accuracy at the suite's "
+                  "epochs, mean over the seeds that ran):", ""] + [f"- {r}" for r in ours] + [""]
     example = next((str(r["command"]) for r in runs if r.get("command")), "")
     lines += ["Commands: `python -m lipschitz_lightning.bench suite=" + name + "` (resumes), which runs per method and seed:",
               "", "```", example, "```", ""]
@@ -320,6 +365,36 @@ def _reading(name: str, stats, target: float, epochs) -> Tuple[List[str], Option
                 "lip_seconds": ls["seconds_to_target"], "other_seconds": os_["seconds_to_target"],
                 "lip_state": ls["state_bytes"], "other_state": os_["state_bytes"], "target": target}
     return out, headline
+
+
+def _ours_against_lr_free(name: str, stats) -> List[str]:
+    """Issue 7's comparison: the best of our rules against the best learning-rate-free optimizer,
+    at equal epochs, with their optimizer state beside that of the paper's rule of the same family."""
+    final = lambda item: item[1]["final"][0] if math.isfinite(item[1]["final"][0]) else -1  # noqa: E731
+    kinds = {m: _kind(m) for m in stats}
+    ours = {m: s for m, s in stats.items() if kinds[m] == "ours"}
+    free = {m: s for m, s in stats.items() if kinds[m] == "lr_free"}
+    if not ours or not free:
+        return []
+    out = []
+    for m, s in sorted(ours.items(), key=final, reverse=True):
+        div = f"; diverged in {len(s['diverged'])} of {s['runs']} runs" if s["diverged"] else "; never diverged"
+        out.append(f"`{m}`: {_fmt_pct(*s['final'])}% over {s['runs']} run(s){div}.")
+    (om, os_), (fm, fs) = max(ours.items(), key=final), max(free.items(), key=final)
+    gap = 100 * (os_["final"][0] - fs["final"][0])
+    bar = OURS_WITHIN.get(name)
+    verdict = ""
+    if bar is not None:
+        verdict = (f": within the {bar:g}-point bar" if gap >= -bar else f": short of the {bar:g}-point bar by {-gap - bar:.2f} points")
+    out.append(f"Best of ours `{om}` {_fmt_pct(os_['final'][0])}% against the best learning-rate-free `{fm}` "
+               f"{_fmt_pct(fs['final'][0])}%: {'+' if gap >= 0 else ''}{gap:.2f} points{verdict}.")
+    family = _family(om)
+    paper = [m for m in stats if kinds[m] == "paper" and _family(m) == family]
+    state = f"`{om}` holds {_fmt(os_['state_bytes'])} B/param of optimizer state, `{fm}` {_fmt(fs['state_bytes'])}"
+    if paper:
+        state += f", the paper's rule of the same family `{paper[0]}` {_fmt(stats[paper[0]]['state_bytes'])}"
+    out.append(state + ".")
+    return out
 
 
 # --------------------------------------------------------------------------- classical
