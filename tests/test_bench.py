@@ -162,7 +162,8 @@ def test_report_puts_our_best_rule_against_the_best_learning_rate_free_optimizer
                 [{"suite": "mnist", "method": m, "seed": 0, "epochs": 2, "status": "ok", "test_acc": a} for m, a in final.items()])
     append_rows(results / "mnist_epochs.csv", EPOCH_COLUMNS,
                 [{"suite": "mnist", "method": m, "seed": 0, "epoch": e, "train/loss": 1.0 / (e + 1),
-                  "val/acc": a - 0.01 * (1 - e), "bench/state_bytes_per_param": state[m]}
+                  "val/acc": a - 0.01 * (1 - e), "bench/state_bytes_per_param": state[m],
+                  **({"lipschitz/lr": 0.01 * 4 ** e, "lipschitz/capped": float(e == 0)} if m == "smooth_momentum" else {})}
                  for m, a in final.items() for e in range(2)])
     text = generate(results, tmp_path / "docs" / "benchmarks.md")
     assert "**Our rules against the learning-rate-free optimizers**" in text
@@ -171,6 +172,8 @@ def test_report_puts_our_best_rule_against_the_best_learning_rate_free_optimizer
     # the tuned momentum baseline (0.99) is not a learning-rate-free optimizer: prodigy is the best of those
     assert ("Best of ours `smooth_momentum` 98.30% against the best learning-rate-free `prodigy` 99.10%: -0.80 points: "
             "short of the 0.5-point bar by 0.30 points.") in text
+    assert ("`smooth_momentum`: the rate rose, from 0.01 (epoch 1) to 0.04 (epoch 2); a safety cap (growth or max_lr) "
+            "bound it after epoch(s) 1 (in at least one seed)") in text
     assert "`smooth_momentum` holds 4 B/param of optimizer state, `prodigy` 16, the paper's rule of the same family `adamo` 4." in text
 
 

@@ -348,6 +348,11 @@ def _reading(name: str, stats, target: float, epochs) -> Tuple[List[str], Option
             trend = "rose" if ys[-1] > ys[0] * 1.5 else ("fell" if ys[-1] < ys[0] / 1.5 else "moved little")
             peak = max(ys)
             peaked = f", peaking at {_fmt(peak)} (epoch {xs[ys.index(peak)]})" if peak > 2 * max(ys[0], ys[-1]) else ""
+            capped = _curves([r for r in epochs if r["method"] == m], "lipschitz/capped").get(m)
+            capped_at = [x for x, c in zip(*capped) if c > 0] if capped else []
+            peaked += (f"; a safety cap (growth or max_lr) bound it after epoch(s) {', '.join(map(str, capped_at))} "
+                       "(in at least one seed)"
+                       if capped_at else "")
             out.append(f"`{m}`: the rate {trend}, from {_fmt(ys[0])} (epoch {xs[0]}) to {_fmt(ys[-1])} (epoch {xs[-1]}){peaked}"
                        + (f", largest last-layer gradient over L {_fmt(s['grad_max_over_L'])}" if s["grad_max_over_L"] else "")
                        + f"; best accuracy {_fmt_pct(*s['best'])}%"
