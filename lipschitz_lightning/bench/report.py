@@ -43,13 +43,7 @@ SUITES: Tuple[str, ...] = ("digits", "mnist", "cifar10", "gpu_mnist", "gpu_cifar
 
 
 def _is_lipschitz(method: str) -> bool:
-    path = CONF / "optim" / f"{method}.yaml"
-    if method in LIPSCHITZ:
-        return True
-    if path.exists():
-        node = OmegaConf.load(path)
-        return node.get("callback") is not None and "LipschitzLR" in str(node.get("callback"))
-    return False
+    return method in LIPSCHITZ or _rule(method) is not None
 
 
 def _optim(method: str) -> Optional[DictConfig]:

@@ -24,14 +24,18 @@ __all__ = ["loss_rose", "mean_and_se"]
 
 def mean_and_se(values: Sequence[float]) -> Tuple[float, float]:
     """The mean of ``values`` and its standard error (sample deviation / sqrt(n); 0 for one value)."""
-    n = len(values)
-    if n == 0:
+    if not values:
         return math.nan, math.nan
+    return sum(values) / len(values), _sd(values) / math.sqrt(len(values))
+
+
+def _sd(values: Sequence[float]) -> float:
+    """The sample standard deviation (0 for one value)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
     mean = sum(values) / n
-    if n == 1:
-        return mean, 0.0
-    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(variance / n)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 def loss_rose(reference: float, reference_se: float, losses: Sequence[float], factor: float, z: float,
@@ -54,7 +58,7 @@ def loss_rose(reference: float, reference_se: float, losses: Sequence[float], fa
         return None
     quarter = max(1, len(losses) // 4)
     # The step-to-step spread from all of the epoch's steps; a part of n steps has se = sd / sqrt(n).
-    sd = mean_and_se(losses)[1] * math.sqrt(len(losses))
+    sd = _sd(losses)
     risen = []
     for part in (losses, losses[-quarter:]):
         mean, se = sum(part) / len(part), sd / math.sqrt(len(part))
