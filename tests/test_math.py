@@ -56,7 +56,7 @@ def test_every_rule_is_one_complete_entry():
         assert rule.name == name and rule.summary and rule.optimizer.needs
         assert rule.first_epoch_lr == "auto" or rule.first_epoch_lr > 0
         assert set(rule.logged) <= {"K1", "K2"}
-        assert rule.statistics <= {"A4", "colabs", "spec"}
+        assert rule.statistics <= {"A4", "colabs", "spec", "curv"}
     assert {n for n, r in RULES.items() if r.paper} == {"sgd", "adamo", "rmsprop", "adam"}
     # the guard is on by default for ours, off for the paper's
     assert all(r.guard != r.paper for r in RULES.values())

@@ -19,6 +19,7 @@ from lipschitz_lightning.callbacks import LipschitzLRError
 from lipschitz_lightning.math import (
     EpochStats,
     RuleHyper,
+    curvature_weights,
     RuleState,
     frobenius_gradient_bound,
     gradient_entry_bound,
@@ -87,6 +88,46 @@ def test_smoothness_bounds_the_head_hessian_by_brute_force():
         last_layer_smoothness(1.0, "mse")
 
 
+def test_curvature_weights_by_hand():
+    k = 10
+    uniform = torch.zeros(2, k)
+    assert curvature_weights(uniform, "softmax_ce").tolist() == pytest.approx([0.1, 0.1])  # exact: 1/k
+    tie = torch.full((1, k), -1e4)
+    tie[0, :2] = 0.0  # p = (1/2, 1/2, 0, ...): the most curved prediction, the global 1/2
+    assert curvature_weights(tie, "softmax_ce").item() == pytest.approx(0.5)
+    confident = torch.zeros(1, k)
+    confident[0, 3] = 50.0  # curvature ~0 at these logits, but never assumed below an undecided one's
+    assert curvature_weights(confident, "softmax_ce").item() == pytest.approx(1 / k)
+    three = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))  # min(max p = 0.6, max 2p(1-p) = 0.48)
+    assert curvature_weights(three, "softmax_ce").item() == pytest.approx(0.48)
+    assert curvature_weights(torch.randn(4, 1), "bce").tolist() == pytest.approx([0.25] * 4)
+    with pytest.raises(ValueError, match="curvature"):
+        curvature_weights(uniform, "mse")
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.3, 3.0])
+def test_curvature_bounds_the_head_hessian_at_the_weights_it_is_taken(scale):
+    """At the head weights W0: lambda_max(Hessian) <= lambda_max(A^T C A)/m + lambda <= the global
+    smoothness bound, with equality at W0 = 0 (uniform predictions)."""
+    torch.manual_seed(1)
+    m, d, k, lam = 12, 4, 3, 1e-2
+    a = torch.randn(m, d) * 2
+    y = torch.randint(0, k, (m,))
+    w0 = torch.randn(k, d) * scale
+
+    def loss(w_flat):
+        return nn.functional.cross_entropy(a @ w_flat.reshape(k, d).T, y) + lam / 2 * w_flat.square().sum()
+
+    largest = float(torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, w0.flatten())).max())
+    c = curvature_weights(a @ w0.T, "softmax_ce")
+    local = float(torch.linalg.eigvalsh((a * c[:, None]).T @ a).max()) / m + lam
+    spectral_over_m = float(torch.linalg.matrix_norm(a, ord=2)) ** 2 / m
+    assert largest <= local * (1 + 1e-5)
+    assert local <= last_layer_smoothness(spectral_over_m, "softmax_ce", lam) * (1 + 1e-6)
+    if scale == 0.0:
+        assert largest == pytest.approx(local, rel=1e-5)
+
+
 def test_smooth_rule_step_is_half_the_momentum_stability_edge():
     stats = EpochStats(L=2.0, G2=0.0, k_z=1.0)
     plain, _ = next_rate("smooth", RuleState(), stats, RuleHyper())
@@ -148,6 +189,73 @@ def test_smooth_rate_is_one_over_the_head_smoothness():
         assert exact * (1 - 1e-5) <= stats["L"] <= exact * 8 ** (1 / 32) * (1 + 1e-5)
         assert stats["next_lr"] == pytest.approx(min(1 / stats["L"], 4 * stats["lr"]), rel=1e-6)  # growth cap 4
         assert "grad_max_over_L" not in stats  # beta bounds curvature, not gradients
+
+
+class HeadLogits(pl.Callback):
+    """Records the head's input and output (the logits) in every training step."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_fit_start(self, trainer, pl_module):
+        def hook(module, args, output):
+            if module.training and torch.is_grad_enabled():
+                self.epochs[-1].append((args[0].detach().clone(), output.detach().clone()))
+
+        self.handle = pl_module.net.head.register_forward_hook(hook)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epochs.append([])
+
+
+def test_curvature_rate_is_one_over_the_independently_computed_head_curvature():
+    torch.manual_seed(0)
+    module = ToyModule(ToyNet(), OPTIMIZERS["sgd"])  # plain SGD, weight decay 1e-3
+    logits, rates = HeadLogits(), RateRecorder()
+    cb = LipschitzLR(rule="curvature", first_epoch_lr=0.05)
+    trainer([cb, logits, rates], max_epochs=3).fit(module, datamodule=ToyDataModule(make_data(n=48), 16))
+    for epoch, stats in zip(logits.epochs, rates.stats):
+        k = epoch[0][1].shape[1]
+        per_step = []
+        for a, z in epoch:
+            p = torch.softmax(z, dim=1)  # written out here, not through curvature_weights
+            c = torch.maximum(torch.minimum(p.max(1).values, (2 * p * (1 - p)).max(1).values), torch.tensor(1 / k))
+            per_step.append(float(torch.linalg.eigvalsh((a * c[:, None]).T @ a).max()) / a.shape[0])
+        exact = max(per_step) + 1e-3
+        assert exact * (1 - 1e-5) <= stats["L"] <= exact * 8 ** (1 / 32) * (1 + 1e-5)
+        assert stats["next_lr"] == pytest.approx(min(1 / stats["L"], 4 * stats["lr"]), rel=1e-6)
+
+
+def _first_epoch_rates(**callback_args):
+    """The rate of every step of the first epoch, curvature rule with the EWMA momentum 0.9, on
+    learnable toy data (labels from a fixed linear map), 32 steps."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 6, generator=g)
+    data = TensorDataset(x, (x @ torch.randn(6, 3, generator=g)).argmax(dim=1))
+    seen = []
+
+    class Rates(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    cb = LipschitzLR(rule="curvature", **callback_args)
+    trainer([cb, Rates()], max_epochs=1).fit(ToyModule(ToyNet(), OPTIMIZERS["adamo"]), datamodule=ToyDataModule(data, 16))
+    return seen
+
+
+def test_first_epoch_growth_earns_the_momentum_gain_only_at_checks_and_by_at_most_g():
+    rates = _first_epoch_rates()
+    changed = [j for j in range(1, len(rates)) if rates[j] != rates[j - 1]]
+    assert set(changed) <= {1, 2, 4, 8, 16}
+    rises = [rates[j] / rates[j - 1] for j in changed if rates[j] > rates[j - 1]]
+    assert rises and all(r <= 2.0 * (1 + 1e-9) for r in rises)  # it rose, by at most 2x per check
+    assert rates[1] <= rates[0]  # never at check 1: its statistics are the initial weights'
+    assert max(rates) <= rates[0] * (1 + 0.9) / (1 - 0.9) * (1 + 1e-9)  # at most the full gain
+    plain = _first_epoch_rates(first_epoch_growth=1.0)  # off: the checks only lower the rate
+    assert plain[0] == rates[0] and all(b <= a for a, b in zip(plain, plain[1:]))
+    with pytest.raises(ValueError, match="first_epoch_growth"):
+        LipschitzLR(rule="curvature", first_epoch_growth=0.5)
 
 
 def test_adamo_consistent_keeps_the_first_rate_near_x():

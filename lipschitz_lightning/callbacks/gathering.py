@@ -2,7 +2,8 @@
 
 The per-step path is traceable by ``torch.compile``: the head's forward pre-hook adds its
 statistics *in place* into one preallocated device vector (``_acc``, and the ``d x d`` Gram
-matrix ``_gram`` for the smoothness rule). It reads no Python state that changes from step to
+matrix ``_gram`` for the smoothness rule); for the curvature rule its forward hook adds the
+curvature-weighted Gram matrix ``_cgram`` (it needs the head's output, the logits). It reads no Python state that changes from step to
 step (only ``_recording``, which is ``True`` in every training step), so a compiled model is
 compiled once for training. Eager code in ``on_train_batch_end`` closes each optimizer step: it
 copies the accumulator into the epoch's list of step vectors and zeroes it. Nothing moves to the
@@ -21,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lipschitz_lightning.math.bounds import spectral_norm_upper_bound
+from lipschitz_lightning.math.bounds import curvature_weights, spectral_norm_upper_bound
 from lipschitz_lightning.math.statistics import A2, LOSS, NLOSS, OUT2, ROWS, Y2, HeadStats, StepLayout, summarize_steps
 
 __all__ = ["LipschitzLRError", "HeadGathering", "find_head"]
@@ -81,6 +82,7 @@ class HeadGathering:
         self._needs_s = False
         self._acc: Optional[torch.Tensor] = None  # the current optimizer step's sums
         self._gram: Optional[torch.Tensor] = None  # the current optimizer step's A^T A
+        self._cgram: Optional[torch.Tensor] = None  # the current optimizer step's A^T C A
         self._steps: List[torch.Tensor] = []  # the epoch's finished steps
         self._grad_max: Optional[torch.Tensor] = None
         self._head_abs: Optional[torch.Tensor] = None  # largest |W| of the head at the epoch's steps
@@ -93,18 +95,22 @@ class HeadGathering:
         self.head_name, self._head = find_head(pl_module, self.head_name)
         self._needs_s = "A4" in self._layout_needs
         self._layout = StepLayout(
-            width=self._head.in_features, colabs="colabs" in self._layout_needs, spec="spec" in self._layout_needs
+            width=self._head.in_features, colabs="colabs" in self._layout_needs, spec="spec" in self._layout_needs,
+            curv="curv" in self._layout_needs,
         )
         self._remove_hooks()
         self._handles.append(self._head.register_forward_pre_hook(self._record_input))
         if self.loss == "mse":
             self._handles.append(self._head.register_forward_hook(self._record_output))
+        if self._layout.curv:
+            self._handles.append(self._head.register_forward_hook(self._record_curvature))
 
     def _allocate(self, device: torch.device) -> None:
         """The step accumulators, once per fit, on the model's device (never inside the hook)."""
         self._acc = torch.zeros(self._layout.size, device=device, dtype=torch.float32)
         d = self._layout.width
         self._gram = torch.zeros(d, d, device=device, dtype=torch.float32) if self._layout.spec else None
+        self._cgram = torch.zeros(d, d, device=device, dtype=torch.float32) if self._layout.curv else None
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
@@ -128,6 +134,15 @@ class HeadGathering:
                 self._acc[self._layout.colabs_slice].add_(flat.abs().sum(dim=0))
             if self._layout.spec:
                 self._gram.add_(flat.T @ flat)
+
+    def _record_curvature(self, module: nn.Module, args: Tuple[Any, ...], output: torch.Tensor) -> None:
+        if not self._recording:
+            return
+        a = args[0].detach().float()
+        a = a.reshape(1, -1) if a.dim() < 2 else a
+        flat = a.reshape(-1, a.shape[-1])
+        c = curvature_weights(output.reshape(flat.shape[0], -1), self.loss)
+        self._cgram.add_((flat * c.unsqueeze(1)).T @ flat)
 
     def _record_output(self, module: nn.Module, args: Tuple[Any, ...], output: torch.Tensor) -> None:
         if self._recording:
@@ -154,6 +169,9 @@ class HeadGathering:
         if self._layout.spec:
             step[self._layout.spec_index] = spectral_norm_upper_bound(self._gram)
             self._gram.zero_()
+        if self._layout.curv:
+            step[self._layout.curv_index] = spectral_norm_upper_bound(self._cgram)
+            self._cgram.zero_()
         self._steps.append(step)
         self._acc.zero_()
 
@@ -163,6 +181,8 @@ class HeadGathering:
             self._acc.zero_()
         if self._gram is not None:
             self._gram.zero_()
+        if self._cgram is not None:
+            self._cgram.zero_()
 
     def _reset_epoch(self) -> None:
         self._steps = []

@@ -85,6 +85,11 @@ __all__ = ["LipschitzLR", "LipschitzLRError", "check_optimizer", "find_head"]
 
 SOURCES = ("hooks", "probe")
 SNAPSHOTS = ("device", "cpu")
+#: A first-epoch check may raise the rate (``first_epoch_growth``) only while the plain step from
+#: the statistics so far stays above this fraction of the previous check's: the features are not
+#: growing (the largest step of a few more batches scatters by a few percent; the digits MLP's
+#: features grow several-fold between checks).
+STEADY = 0.9
 
 
 def check_optimizer(rule: str, optimizer: torch.optim.Optimizer) -> None:
@@ -159,7 +164,11 @@ class LipschitzLR(HeadGathering, pl.Callback):
         max_rollbacks: consecutive rollbacks after which the run stops with a ``LipschitzLRError``.
         first_epoch_checks: re-check the first epoch's rate at its optimizer steps 1, 2, 4, 8, ...
             on the statistics so far, lowering it when the features grew (one host sync each,
-            first epoch only); ``None``: the rule's default (on for gradbound and smooth).
+            first epoch only); ``None``: the rule's default (on for gradbound, smooth, curvature).
+        first_epoch_growth: with the checks, let each raise the first epoch's rate by at most this
+            factor towards the rule's full update (momentum's gain included) on the statistics so
+            far, instead of holding it at the plain step; 1: off; ``None``: the rule's default (2
+            for curvature, off for the others).
 
     Raises:
         ValueError: a bad argument (here), or before training: no ``nn.Linear`` head, a missing
@@ -191,6 +200,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         guard_snapshot: str = "device",
         max_rollbacks: int = 5,
         first_epoch_checks: Optional[bool] = None,
+        first_epoch_growth: Optional[float] = None,
     ) -> None:
         super().__init__()
         if rule not in RULES:
@@ -228,6 +238,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
             raise ValueError(f"LipschitzLR: max_lr must be a positive number; got {max_lr!r}")
         if max_growth is not None and not _is_positive_number(max_growth):
             raise ValueError(f"LipschitzLR: max_growth must be a positive number; got {max_growth!r}")
+        if first_epoch_growth is not None and not (_is_positive_number(first_epoch_growth) and first_epoch_growth >= 1):
+            raise ValueError(f"LipschitzLR: first_epoch_growth must be a number >= 1 (1: off); got {first_epoch_growth!r}")
         if not (_is_positive_number(guard_loss_factor) and guard_loss_factor > 1):
             raise ValueError(f"LipschitzLR: guard_loss_factor must be a number > 1; got {guard_loss_factor!r}")
         if isinstance(guard_loss_z, bool) or not (isinstance(guard_loss_z, (int, float)) and 0 <= guard_loss_z < math.inf):
@@ -262,6 +274,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self.guard_snapshot = guard_snapshot
         self.max_rollbacks = max_rollbacks
         self.first_epoch_checks = entry.first_epoch_checks if first_epoch_checks is None else bool(first_epoch_checks)
+        self.first_epoch_growth = entry.first_epoch_growth if first_epoch_growth is None else float(first_epoch_growth)
         self._layout_needs = entry.statistics
 
         # Scheduling state (saved in checkpoints).
@@ -274,6 +287,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self._loss_reference: Optional[float] = None  # the last accepted epoch's final loss
         self._loss_reference_se = 0.0  # and its standard error
         self._initial_loss: Optional[float] = None  # the run's first step loss (the guard's scale)
+        # The first epoch's checks: (plain base rate, momentum gain earned, previous check's plain rate).
+        self._first_epoch: Tuple[float, float, float] = (math.inf, 1.0, 0.0)
         self._warned_invalid = False
         self._restored = False
 
@@ -464,6 +479,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         else:
             self.lr = float(self.first_epoch_lr)
             self.state = initial_state(self.rule, self.lr)
+        self._first_epoch = (self.lr, 1.0, self.lr)
         self._write_lr(trainer, self.lr)
 
     def _first_update(self, bound: EpochStats) -> float:
@@ -476,12 +492,24 @@ class LipschitzLR(HeadGathering, pl.Callback):
     def _check_first_epoch_rate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Step-level estimate in the first epoch: the features of the initial weights are small,
         so a rate computed from them can be far too large once training has grown them. At steps
-        1, 2, 4, 8, ... the rate is recomputed from the steps so far and lowered if it fell."""
+        1, 2, 4, 8, ... the rate is recomputed from the steps so far and lowered if it fell.
+
+        With ``first_epoch_growth`` g the rate is ``base * gain``: ``base`` is that lowered plain
+        step, and ``gain`` (from 1) is multiplied by g at each check that shows the rate in force
+        to be safe (:func:`_steady`), up to the rule's full gain (momentum's ``(1+mu)/(1-d)``)."""
         stats = self._gather(trainer, pl_module)
         bound = epoch_bound(self.rule, stats, self.loss, self._k, self._lambda)
-        lr = self._first_update(bound)
-        if bounds.is_valid_bound(lr) and bounds.is_valid_bound(bound.L) and lr < self.lr:
-            self.lr = float(lr)
+        plain = self._first_update(bound)
+        if not (bounds.is_valid_bound(plain) and bounds.is_valid_bound(bound.L)):
+            return
+        base, gain, previous = self._first_epoch
+        if self.first_epoch_growth is not None and _steady(stats):
+            full, _ = next_rate(self.rule, RuleState(), bound, self._hyper)
+            gain = min(gain * self.first_epoch_growth, max(1.0, full / plain))
+        base = min(base, plain)
+        self._first_epoch = (base, gain, plain)
+        if base * gain != self.lr:
+            self.lr = float(base * gain)
             self._write_lr(trainer, self.lr)
 
     def _finish_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -643,6 +671,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
             "loss_reference": self._loss_reference,
             "loss_reference_se": self._loss_reference_se,
             "initial_loss": self._initial_loss,
+            "first_epoch": list(self._first_epoch),
         }
         # An interrupted epoch's statistics so far: the steps that finished (empty at epoch boundaries).
         pending = self._pending_state() if not self._epoch_finished else {"pending_steps": [], "pending_grad_max": None}
@@ -662,9 +691,25 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self._loss_reference = state_dict.get("loss_reference")
         self._loss_reference_se = float(state_dict.get("loss_reference_se") or 0.0)
         self._initial_loss = state_dict.get("initial_loss")
+        self._first_epoch = tuple(state_dict.get("first_epoch") or (self.lr if self.lr is not None else math.inf, 1.0, 0.0))
         self._load_pending(state_dict)
         self._restored_mid_epoch = bool(self._steps)
         self._restored = self.lr is not None
+
+
+def _steady(stats: HeadStats) -> bool:
+    """Whether the first epoch's last two windows of steps (``(n/4, n/2]`` and ``(n/2, n]`` at
+    check ``n``) show the rate in force to be safe: the features did not grow (the largest
+    ``||A||_F^2`` rose by less than ``1/STEADY``) and the mean loss fell, and is below the initial
+    loss (the first step's). Never at check 1 (its statistics are those of the initial weights,
+    before any update)."""
+    n = len(stats.step_losses)
+    if n < 2 or len(stats.step_norms) != n:
+        return False
+    now, before = slice(n // 2, n), slice(n // 4, n // 2)
+    grown = max(stats.step_norms[now]) ** 2 > max(stats.step_norms[before]) ** 2 / STEADY
+    loss_now, loss_before = _mean(stats.step_losses[now]), _mean(stats.step_losses[before])
+    return not grown and loss_now < loss_before and loss_now < stats.step_losses[0]
 
 
 def _is_power_of_two(n: int) -> bool:

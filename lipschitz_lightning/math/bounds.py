@@ -43,6 +43,7 @@ __all__ = [
     "frobenius_gradient_bound",
     "HESSIAN_FACTORS",
     "last_layer_smoothness",
+    "curvature_weights",
     "spectral_norm_upper_bound",
     "scale_columns_to_unit_sum",
     "estimate_weight_bound",
@@ -202,6 +203,32 @@ def last_layer_smoothness(spectral_over_m: Number, loss: str, weight_decay: Numb
     if loss not in HESSIAN_FACTORS:
         raise ValueError(f"the smoothness bound is derived for {sorted(HESSIAN_FACTORS)}; got loss {loss!r}")
     return HESSIAN_FACTORS[loss] * spectral_over_m + weight_decay
+
+
+def curvature_weights(logits: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per example, an upper bound on the largest eigenvalue of the loss's Hessian in the logits,
+    *at these logits* (the ``curvature`` rule; a traceable tensor function, no sync).
+
+    * ``softmax_ce``: ``diag(p) - p p^T`` is ``diag(p)`` minus a PSD rank-one term, so its largest
+      eigenvalue is at most ``max_j p_j`` (Weyl); Gershgorin gives ``max_j 2 p_j (1 - p_j)``. The
+      weight is the smaller, but never below ``1/k``, the exact value for an undecided (uniform)
+      prediction: a confident example's curvature is near 0, but the step that the rate allows
+      can undo its confidence (docs/rules.md section 7). So the weight lies in ``[1/k, 1/2]``,
+      never above the global 1/2 of :data:`HESSIAN_FACTORS`.
+    * ``bce``: ``sigma (1 - sigma)`` per output, at least that of an undecided output (1/4): the
+      global factor (for BCE the undecided prediction is the most curved one).
+
+    ``logits``: ``(m, k)`` (``(m,)`` or ``(m, 1)`` for one BCE output). Returns ``(m,)`` float32.
+    """
+    z = logits.detach().float()
+    z = z.reshape(z.shape[0], -1) if z.dim() > 0 else z.reshape(1, 1)
+    if loss == "softmax_ce":
+        p = torch.softmax(z, dim=-1)
+        local = torch.minimum(p.amax(dim=-1), (2.0 * p * (1.0 - p)).amax(dim=-1))
+        return local.clamp_min(1.0 / z.shape[-1])
+    if loss == "bce":
+        return torch.full(z.shape[:1], HESSIAN_FACTORS["bce"], dtype=z.dtype, device=z.device)
+    raise ValueError(f"curvature weights are derived for {sorted(HESSIAN_FACTORS)}; got loss {loss!r}")
 
 
 def spectral_norm_upper_bound(gram: torch.Tensor, squarings: int = 5) -> torch.Tensor:

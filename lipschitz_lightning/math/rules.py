@@ -16,8 +16,9 @@ With bias correction (paper 6.4, off by default) each EWMA is divided by ``1 - b
 use, ``t`` being the number of updates so far (1 after the first epoch).
 
 Beyond the paper (``docs/rules.md``): ``adamo_consistent`` (AdaMo with ``K`` seeded at ``1/x``),
-``gradbound`` (``1/G`` with a provable bound ``G`` on every gradient entry) and ``smooth``
-(``1/beta``, ``beta`` the smoothness of the loss in the head's weights, scaled for momentum).
+``gradbound`` (``1/G`` with a provable bound ``G`` on every gradient entry), ``smooth``
+(``1/beta``, ``beta`` the smoothness of the loss in the head's weights, scaled for momentum) and
+``curvature`` (the same step from the head's curvature at the weights the epoch visited).
 
 A rule is one :class:`Rule` entry of :data:`RULES`: its update, the bound it feeds the update
 with (:func:`epoch_bound`), its first-epoch default, the statistics it needs, how it seeds its
@@ -44,6 +45,7 @@ __all__ = [
     "paper_bound",
     "gradient_bound",
     "smoothness_bound",
+    "curvature_bound",
     "momentum_step",
     "RuleState",
     "EpochStats",
@@ -195,6 +197,13 @@ def gradient_bound(stats: HeadStats, loss: str, k: int, weight_decay: float) -> 
     return EpochStats(L=G, G2=G * G, k_z=stats.k_z)
 
 
+def curvature_bound(stats: HeadStats, loss: str, k: int, weight_decay: float) -> EpochStats:
+    """``beta = lambda_max(A^T C A) / m + lambda``, ``C`` the examples' curvature weights at their
+    logits: the head's curvature at the weights the epoch visited (the largest over its steps),
+    at most :func:`smoothness_bound`'s global ``beta`` (docs/rules.md)."""
+    return EpochStats(L=stats.curvature + weight_decay, G2=0.0, k_z=stats.k_z)
+
+
 def smoothness_bound(stats: HeadStats, loss: str, k: int, weight_decay: float) -> EpochStats:
     """``beta = h ||A||_2^2 / m + lambda`` (:func:`~lipschitz_lightning.math.bounds.last_layer_smoothness`)."""
     beta = bounds.last_layer_smoothness(stats.spectral, loss, weight_decay)
@@ -296,7 +305,10 @@ class Rule:
         max_growth: the default cap on the rate's growth from one epoch to the next (None: off).
         guard: whether the rollback guard is on by default.
         first_epoch_checks: whether the first epoch's rate is re-checked at steps 1, 2, 4, 8, ...
-            of that epoch (and only ever lowered) by default.
+            of that epoch by default (lowered to the plain step when the features grew).
+        first_epoch_growth: with the checks, the factor by which a check may raise the first
+            epoch's rate towards the full update (momentum's gain included) from the statistics
+            so far (None: the checks only lower it, to the plain step; docs/rules.md section 7).
         paper: one of the paper's four rules (kept exactly as published).
     """
 
@@ -315,6 +327,7 @@ class Rule:
     max_growth: Optional[float] = None
     guard: bool = False
     first_epoch_checks: bool = False
+    first_epoch_growth: Optional[float] = None
     paper: bool = False
 
 
@@ -340,6 +353,10 @@ RULES: dict[str, Rule] = {
         Rule("smooth", "lr = (1+mu)/((1-d) beta), beta = ||A||_2^2/(2m) + lambda, the head's smoothness",
              momentum_step, smoothness_bound, ANY_SGD, statistics=frozenset({"spec"}), losses=_CLASSIFICATION,
              bounds_gradient=False, max_growth=4.0, guard=True, first_epoch_checks=True),
+        Rule("curvature", "lr = (1+mu)/((1-d) beta), beta = lambda_max(A^T C A)/m + lambda, the head's curvature "
+             "at the visited weights", momentum_step, curvature_bound, ANY_SGD, statistics=frozenset({"curv"}),
+             losses=_CLASSIFICATION, bounds_gradient=False, max_growth=4.0, guard=True, first_epoch_checks=True,
+             first_epoch_growth=2.0),
     )
 }
 

@@ -42,11 +42,14 @@ class StepLayout:
         width: ``d``, the head's input width (used when ``colabs``).
         colabs: keep ``sum_i |a_il|`` per feature (``d`` columns).
         spec: keep the step's ``||A||_2^2`` upper bound (1 column; needs ``A^T A`` per step).
+        curv: keep the step's ``lambda_max(A^T C A)`` upper bound, ``C = diag(c_i)`` (1 column;
+            needs ``A^T C A`` per step).
     """
 
     width: int = 0
     colabs: bool = False
     spec: bool = False
+    curv: bool = False
 
     @property
     def colabs_slice(self) -> slice:
@@ -58,8 +61,12 @@ class StepLayout:
         return self.colabs_slice.stop
 
     @property
-    def size(self) -> int:
+    def curv_index(self) -> int:
         return self.spec_index + (1 if self.spec else 0)
+
+    @property
+    def size(self) -> int:
+        return self.curv_index + (1 if self.curv else 0)
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class HeadStats:
     head_abs_max: float = 0.0
     column_l1: float = 0.0
     spectral: float = 0.0
+    curvature: float = 0.0
     grad_max: float = math.nan
     step_losses: Tuple[float, ...] = field(default=(), repr=False)
     step_norms: Tuple[float, ...] = field(default=(), repr=False)
@@ -108,12 +116,14 @@ def summarize_steps(
     maxima = values[:, : len(SUM_COLUMNS)].max(dim=0).values.clamp_min(0) if len(values) else torch.zeros(len(SUM_COLUMNS), dtype=torch.float64)
     rows = values[:, ROWS]
     real = rows > 0
-    column_l1 = spectral = 0.0
+    column_l1 = spectral = curvature = 0.0
     if layout.colabs and bool(real.any()):
         per = values[real][:, layout.colabs_slice].max(dim=1).values / rows[real]
         column_l1 = float(per.max())
     if layout.spec and bool(real.any()):
         spectral = float((values[real][:, layout.spec_index] / rows[real]).max())
+    if layout.curv and bool(real.any()):
+        curvature = float((values[real][:, layout.curv_index] / rows[real]).max())
     counted = values[:, NLOSS] > 0
     losses = tuple(float(x) for x in values[counted][:, LOSS] / values[counted][:, NLOSS])
     roots = maxima.sqrt()
@@ -127,6 +137,7 @@ def summarize_steps(
         head_abs_max=float(head_abs_max),
         column_l1=column_l1,
         spectral=spectral,
+        curvature=curvature,
         grad_max=float(grad_max),
         step_losses=losses,
         step_norms=tuple(float(x) for x in values[real][:, A2].clamp_min(0).sqrt()),
