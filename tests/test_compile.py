@@ -31,7 +31,7 @@ class DynamoCounts(pl.Callback):
 def fit(rule, compiled, epochs=4):
     torch.manual_seed(0)
     net = ToyNet()
-    optimizer = OPTIMIZERS["adamo" if rule == "smooth" else rule]
+    optimizer = OPTIMIZERS["adamo" if rule in ("smooth", "curvature") else rule]
     module = ToyModule(torch.compile(net) if compiled else net, optimizer)
     rates, counts = RateRecorder(), DynamoCounts()
     # the default first rate: the probe's no-grad forward is one more (warm-up) graph
@@ -40,7 +40,7 @@ def fit(rule, compiled, epochs=4):
     return rates, counts
 
 
-@pytest.mark.parametrize("rule", ["adam", "smooth"])
+@pytest.mark.parametrize("rule", ["adam", "smooth", "curvature"])
 def test_compiled_model_compiles_once_and_keeps_the_rates(rule):
     torch._dynamo.reset()
     counters.clear()

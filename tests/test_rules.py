@@ -226,22 +226,63 @@ def test_curvature_rate_is_one_over_the_independently_computed_head_curvature():
         assert stats["next_lr"] == pytest.approx(min(1 / stats["L"], 4 * stats["lr"]), rel=1e-6)
 
 
+def _learnable(n: int = 512) -> TensorDataset:
+    """Toy data whose labels come from a fixed linear map (the loss falls, so the gain can grow)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 6, generator=g)
+    return TensorDataset(x, (x @ torch.randn(6, 3, generator=g)).argmax(dim=1))
+
+
+class StepRates(pl.Callback):
+    """The rate of every training step of the first epoch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == 0:
+            self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
 def _first_epoch_rates(**callback_args):
     """The rate of every step of the first epoch, curvature rule with the EWMA momentum 0.9, on
-    learnable toy data (labels from a fixed linear map), 32 steps."""
+    learnable toy data, 32 steps."""
     torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(512, 6, generator=g)
-    data = TensorDataset(x, (x @ torch.randn(6, 3, generator=g)).argmax(dim=1))
-    seen = []
-
-    class Rates(pl.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
-
+    rates = StepRates()
     cb = LipschitzLR(rule="curvature", **callback_args)
-    trainer([cb, Rates()], max_epochs=1).fit(ToyModule(ToyNet(), OPTIMIZERS["adamo"]), datamodule=ToyDataModule(data, 16))
-    return seen
+    trainer([cb, rates], max_epochs=1).fit(ToyModule(ToyNet(), OPTIMIZERS["adamo"]), datamodule=ToyDataModule(_learnable(), 16))
+    return rates.seen
+
+
+def test_first_epoch_growth_resumes_exactly_mid_epoch(tmp_path):
+    """A crash after step 6 of the first epoch (checks 1, 2, 4 done; 8, 16 to come): the resumed run
+    takes the same rates at every later step as an uninterrupted one (the checks' state is saved)."""
+    from pytorch_lightning.callbacks import OnExceptionCheckpoint
+
+    from tests.lipschitz_toys import ResumableDataModule
+
+    class Crash(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 0 and batch_idx == 5:
+                raise RuntimeError("crash after the optimizer step")
+
+    full = StepRates()
+    torch.manual_seed(0)
+    trainer([LipschitzLR(rule="curvature"), full], max_epochs=1, default_root_dir=tmp_path / "full").fit(
+        ToyModule(ToyNet(), OPTIMIZERS["adamo"]), datamodule=ResumableDataModule(_learnable(), 16))
+    assert max(full.seen) > full.seen[0]  # the gain grew: there is state to resume
+
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer([Crash(), LipschitzLR(rule="curvature"), OnExceptionCheckpoint(dirpath=tmp_path)], max_epochs=1,
+                enable_checkpointing=True, default_root_dir=tmp_path / "a").fit(
+            ToyModule(ToyNet(), OPTIMIZERS["adamo"]), datamodule=ResumableDataModule(_learnable(), 16))
+    resumed = StepRates()
+    torch.manual_seed(7)
+    trainer([LipschitzLR(rule="curvature"), resumed], max_epochs=1, default_root_dir=tmp_path / "b").fit(
+        ToyModule(ToyNet(), OPTIMIZERS["adamo"]), datamodule=ResumableDataModule(_learnable(), 16),
+        ckpt_path=str(tmp_path / "on_exception.ckpt"))
+    assert resumed.seen == pytest.approx(full.seen[6:], rel=1e-6)
 
 
 def test_first_epoch_growth_earns_the_momentum_gain_only_at_checks_and_by_at_most_g():

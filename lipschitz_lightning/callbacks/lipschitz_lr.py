@@ -126,14 +126,14 @@ class LipschitzLR(HeadGathering, pl.Callback):
     Args:
         rule: a name in :data:`lipschitz_lightning.math.rules.RULES`: the paper's ``"sgd"``
             (adaptive SGD), ``"adamo"`` (momentum), ``"rmsprop"``, ``"adam"`` (Auto-Adam); ours
-            ``"adamo_consistent"``, ``"gradbound"``, ``"smooth"`` (``docs/rules.md``).
+            ``"adamo_consistent"``, ``"gradbound"``, ``"smooth"``, ``"curvature"`` (``docs/rules.md``).
         loss: ``"softmax_ce"``, ``"bce"`` (one sigmoid output) or ``"mse"`` (least squares).
         head: module name of the head ``nn.Linear``; default the model's last ``nn.Linear``.
         k: number of classes; default the head's ``out_features``.
         weight_decay: L2 coefficient lambda; default the optimizer's largest ``weight_decay``.
         first_epoch_lr: rate of the first epoch: a positive float, ``"auto"`` (the rule's first
             update on a no-grad probe of the initial weights), or ``None`` for the rule's default
-            (probe for sgd/rmsprop/gradbound/smooth, 0.1 for the AdaMos, 1e-3 for adam).
+            (probe for sgd/rmsprop/gradbound/smooth/curvature, 0.1 for the AdaMos, 1e-3 for adam).
         betas: EWMA betas; a float (one-beta rules) or ``(beta1, beta2)``. Default: the
             optimizer's own (SGD momentum, RMSprop alpha, Adam betas).
         eps: epsilon of the RMSprop / Auto-Adam rates.
@@ -146,7 +146,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         decay: Keras time-based decay ``lr / (1 + decay * step)`` on top (reference code; 0=off).
         max_lr: optional cap on the rate (off by default).
         max_growth: optional cap on the growth factor of the rate from one epoch to the next;
-            ``None``: the rule's default (off for the paper's rules, 4 for ``smooth``).
+            ``None``: the rule's default (off for the paper's rules, 4 for ``smooth`` and ``curvature``).
         guard: roll an epoch back when it fails (see module docstring); ``None``: the rule's
             default (on for the new rules, off for the paper's).
         guard_loss_factor: an epoch fails when the mean loss of its steps, or of its last quarter,
