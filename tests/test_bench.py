@@ -163,7 +163,8 @@ def test_report_puts_our_best_rule_against_the_best_learning_rate_free_optimizer
     append_rows(results / "mnist_epochs.csv", EPOCH_COLUMNS,
                 [{"suite": "mnist", "method": m, "seed": 0, "epoch": e, "train/loss": 1.0 / (e + 1),
                   "val/acc": a - 0.01 * (1 - e), "bench/state_bytes_per_param": state[m],
-                  **({"lipschitz/lr": 0.01 * 4 ** e, "lipschitz/capped": float(e == 0)} if m == "smooth_momentum" else {})}
+                  **({"lipschitz/lr": 0.01 * 4 ** e, "lipschitz/capped": float(e == 0), "lipschitz/rollbacks": float(e)}
+                     if m == "smooth_momentum" else {})}
                  for m, a in final.items() for e in range(2)])
     text = generate(results, tmp_path / "docs" / "benchmarks.md")
     assert "**Our rules against the learning-rate-free optimizers**" in text
@@ -175,6 +176,24 @@ def test_report_puts_our_best_rule_against_the_best_learning_rate_free_optimizer
     assert ("`smooth_momentum`: the rate rose, from 0.01 (epoch 1) to 0.04 (epoch 2); a safety cap (growth or max_lr) "
             "bound it after epoch(s) 1 (in at least one seed)") in text
     assert "`smooth_momentum` holds 4 B/param of optimizer state, `prodigy` 16, the paper's rule of the same family `adamo` 4." in text
+    assert "best accuracy 98.30%; the guard rolled back 1 epoch(s) in 1 of 1 recorded run(s) (seed(s) 0)." in text
+
+
+def test_results_written_before_a_column_was_added_gain_it(tmp_path: Path):
+    """A results file from before ``lipschitz/rollbacks`` keeps its rows and gains the column;
+    a file with columns this version does not know is refused, not cut."""
+    old_columns = [c for c in EPOCH_COLUMNS if c != "lipschitz/rollbacks"]
+    path = tmp_path / "digits_epochs.csv"
+    append_rows(path, old_columns, [{"suite": "digits", "method": "sgd", "seed": 0, "epoch": 0, "val/acc": 0.5}])
+    append_rows(path, EPOCH_COLUMNS, [{"suite": "digits", "method": "smooth", "seed": 0, "epoch": 0,
+                                       "val/acc": 0.75, "lipschitz/rollbacks": 1.0}])
+    assert path.read_text().splitlines()[0] == ",".join(EPOCH_COLUMNS)
+    rows = read_rows(path)
+    assert [(r["method"], r["val/acc"], r["lipschitz/rollbacks"]) for r in rows] == [("sgd", 0.5, None), ("smooth", 0.75, 1.0)]
+    newer = tmp_path / "newer.csv"
+    append_rows(newer, [*EPOCH_COLUMNS, "from/the_future"], [{"suite": "digits"}])
+    with pytest.raises(ValueError, match="from/the_future"):
+        append_rows(newer, EPOCH_COLUMNS, [{"suite": "digits"}])
 
 
 # --------------------------------------------------------------------------- end to end

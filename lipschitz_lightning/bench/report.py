@@ -82,6 +82,17 @@ def _family(method: str) -> Tuple[str, bool]:
     return (str(optimizer.get("_target_")), float(optimizer.get("momentum") or 0.0) > 0)
 
 
+def _rollback_text(rollbacks: Sequence[Tuple[int, int]]) -> str:
+    """What the guard did, over the runs whose results record ``lipschitz/rollbacks``."""
+    if not rollbacks:
+        return ""
+    hit = [(seed, n) for seed, n in rollbacks if n > 0]
+    if not hit:
+        return f"; the guard rolled back no epoch ({len(rollbacks)} run(s) recorded)"
+    return (f"; the guard rolled back {sum(n for _, n in hit)} epoch(s) in {len(hit)} of {len(rollbacks)} recorded run(s) "
+            f"(seed(s) {', '.join(str(seed) for seed, _ in hit)})")
+
+
 def _finite(values: Iterable[Optional[float]]) -> List[float]:
     return [float(v) for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
 
@@ -131,6 +142,7 @@ def summarise(runs: List[Dict[str, object]], epochs: List[Dict[str, object]], ta
     for method in order:
         method_runs = [r for r in runs if r["method"] == method]
         best, final, to_epochs, to_seconds, steps, state, diverged, lrs, ratios_g = [], [], [], [], [], [], [], [], []
+        rollbacks: List[Tuple[int, int]] = []  # (seed, epochs the guard rolled back), runs that recorded it
         reached = 0
         epochs_ran = []
         for run in method_runs:
@@ -160,6 +172,9 @@ def summarise(runs: List[Dict[str, object]], epochs: List[Dict[str, object]], ta
             state += _finite(r.get("bench/state_bytes_per_param") for r in rows)
             lrs += _finite((r.get("lipschitz/lr") if r.get("lipschitz/lr") is not None else r.get("bench/lr")) for r in rows)
             ratios_g += _finite(r.get("lipschitz/grad_max_over_L") for r in rows)
+            counted = _finite(r.get("lipschitz/rollbacks") for r in rows)  # cumulative per run
+            if counted:
+                rollbacks.append((int(run["seed"]), int(max(counted))))
         out[method] = {
             "runs": len(method_runs), "seeds": sorted(int(r["seed"]) for r in method_runs),
             "epochs": max(epochs_ran) if epochs_ran else 0,
@@ -170,6 +185,7 @@ def summarise(runs: List[Dict[str, object]], epochs: List[Dict[str, object]], ta
             "state_bytes": max(state) if state else None,
             "diverged": diverged, "lr_min": min(lrs) if lrs else None, "lr_max": max(lrs) if lrs else None,
             "grad_max_over_L": max(ratios_g) if ratios_g else None, "lipschitz": _is_lipschitz(method),
+            "rollbacks": rollbacks,
         }
     # Ratio per seed (runs of one seed ran back to back, under about the same machine load), then the median.
     per_seed: Dict[Tuple[str, int], float] = {}
@@ -350,6 +366,7 @@ def _reading(name: str, stats, target: float, epochs) -> Tuple[List[str], Option
             out.append(f"`{m}`: the rate {trend}, from {_fmt(ys[0])} (epoch {xs[0]}) to {_fmt(ys[-1])} (epoch {xs[-1]}){peaked}"
                        + (f", largest last-layer gradient over L {_fmt(s['grad_max_over_L'])}" if s["grad_max_over_L"] else "")
                        + f"; best accuracy {_fmt_pct(*s['best'])}%"
+                       + _rollback_text(s["rollbacks"])
                        + (f"; diverged in {len(s['diverged'])} run(s)" if s["diverged"] else "") + ".")
     div = [f"`{m}` ({len(s['diverged'])}/{s['runs']})" for m, s in stats.items() if s["diverged"]]
     if div:

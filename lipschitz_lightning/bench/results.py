@@ -26,6 +26,8 @@ EPOCH_METRICS: tuple[str, ...] = (
     "lipschitz/lr", "lipschitz/L", "lipschitz/grad_max_over_L", "lipschitz/capped", "lipschitz/bound_invalid",
     "bench/lr", "bench/lr_find", "bench/train_seconds", "bench/steps", "bench/step_seconds",
     "bench/elapsed_seconds", "bench/state_bytes_per_param",
+    # added later: files written before it gain the column, empty for their rows (append_rows)
+    "lipschitz/rollbacks",
 )
 EPOCH_COLUMNS: tuple[str, ...] = ("suite", "method", "seed", "epoch", *EPOCH_METRICS)
 RUN_COLUMNS: tuple[str, ...] = (
@@ -78,9 +80,16 @@ def test_metrics(metrics_csv: Path) -> Dict[str, float]:
 
 
 def append_rows(path: Path, columns: Sequence[str], rows: Iterable[Dict[str, object]]) -> None:
-    """Append ``rows`` to the CSV ``path`` (header written when the file is new), then fsync."""
+    """Append ``rows`` to the CSV ``path`` (header written when the file is new), then fsync.
+
+    A file written before a column was added is first rewritten with the current columns (its
+    rows keep their values, empty in the new columns). A file with columns this version does not
+    know (written by a newer one) is refused rather than silently cut.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        _migrate(path, columns)
     with open(path, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         if new:
@@ -89,6 +98,28 @@ def append_rows(path: Path, columns: Sequence[str], rows: Iterable[Dict[str, obj
             writer.writerow({k: _cell(row.get(k)) for k in columns})
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _migrate(path: Path, columns: Sequence[str]) -> None:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = list(reader.fieldnames or [])
+        if header == list(columns):
+            return
+        unknown = [c for c in header if c not in columns]
+        if unknown:
+            raise ValueError(f"{path}: columns {unknown} are not this version's ({', '.join(columns)}); "
+                             "not appending to it")
+        old_rows = list(reader)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
+        writer.writeheader()
+        for row in old_rows:
+            writer.writerow({k: row.get(k, "") for k in columns})
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 def _cell(value: object) -> object:
