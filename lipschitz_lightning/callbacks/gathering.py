@@ -3,8 +3,9 @@
 The per-step path is traceable by ``torch.compile``: the head's forward pre-hook adds its
 statistics *in place* into one preallocated device vector (``_acc``, and the ``d x d`` Gram
 matrix ``_gram`` for the smoothness rule); for the curvature rule its forward hook adds the
-curvature-weighted Gram matrix ``_cgram`` (it needs the head's output, the logits). It reads no Python state that changes from step to
-step (only ``_recording``, which is ``True`` in every training step), so a compiled model is
+curvature-weighted Gram matrix ``_cgram`` (it needs the head's output, the logits). They read no
+Python state that changes from step to step (only ``_recording``, which is ``True`` in every
+training step), so a compiled model is
 compiled once for training. Eager code in ``on_train_batch_end`` closes each optimizer step: it
 copies the accumulator into the epoch's list of step vectors and zeroes it. Nothing moves to the
 host per step and no collective runs per step.
@@ -122,8 +123,7 @@ class HeadGathering:
     def _record_input(self, module: nn.Module, args: Tuple[Any, ...]) -> None:
         if not self._recording:
             return
-        a = args[0].detach().float()
-        a = a.reshape(1, -1) if a.dim() < 2 else a
+        a = _head_input(args)
         a2 = a.square()
         rows = a.new_ones(a.shape[0]).sum()
         a4 = a2.square().sum() if self._needs_s else a2.new_zeros(())
@@ -138,9 +138,7 @@ class HeadGathering:
     def _record_curvature(self, module: nn.Module, args: Tuple[Any, ...], output: torch.Tensor) -> None:
         if not self._recording:
             return
-        a = args[0].detach().float()
-        a = a.reshape(1, -1) if a.dim() < 2 else a
-        flat = a.reshape(-1, a.shape[-1])
+        flat = _head_input(args).reshape(-1, self._layout.width)
         c = curvature_weights(output.reshape(flat.shape[0], -1), self.loss)
         self._cgram.add_((flat * c.unsqueeze(1)).T @ flat)
 
@@ -301,6 +299,12 @@ class HeadGathering:
         self._grad_max = state_dict.get("pending_grad_max")
         self._head_abs = state_dict.get("pending_head_abs")
         self._micro_done = int(state_dict.get("micro_done", len(steps)))
+
+
+def _head_input(args: Tuple[Any, ...]) -> torch.Tensor:
+    """The head's input as a detached float tensor with a batch dimension."""
+    a = args[0].detach().float()
+    return a.reshape(1, -1) if a.dim() < 2 else a
 
 
 def _from_old_layout(step: torch.Tensor, rows: int) -> torch.Tensor:

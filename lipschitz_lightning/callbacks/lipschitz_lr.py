@@ -85,10 +85,10 @@ __all__ = ["LipschitzLR", "LipschitzLRError", "check_optimizer", "find_head"]
 
 SOURCES = ("hooks", "probe")
 SNAPSHOTS = ("device", "cpu")
-#: A first-epoch check may raise the rate (``first_epoch_growth``) only while the plain step from
-#: the statistics so far stays above this fraction of the previous check's: the features are not
-#: growing (the largest step of a few more batches scatters by a few percent; the digits MLP's
-#: features grow several-fold between checks).
+#: A first-epoch check may raise the rate (``first_epoch_growth``) only while the largest
+#: ``||A||_F^2`` of its last window of steps stays below ``1/STEADY`` times the window before's:
+#: the features are not growing (the largest of a few more batches scatters by a few percent; the
+#: digits MLP's features grow several-fold between checks). See :func:`_steady`.
 STEADY = 0.9
 
 
@@ -287,8 +287,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self._loss_reference: Optional[float] = None  # the last accepted epoch's final loss
         self._loss_reference_se = 0.0  # and its standard error
         self._initial_loss: Optional[float] = None  # the run's first step loss (the guard's scale)
-        # The first epoch's checks: (plain base rate, momentum gain earned, previous check's plain rate).
-        self._first_epoch: Tuple[float, float, float] = (math.inf, 1.0, 0.0)
+        # The first epoch's checks: (plain base rate, momentum gain earned so far).
+        self._first_epoch: Tuple[float, float] = (math.inf, 1.0)
         self._warned_invalid = False
         self._restored = False
 
@@ -479,7 +479,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         else:
             self.lr = float(self.first_epoch_lr)
             self.state = initial_state(self.rule, self.lr)
-        self._first_epoch = (self.lr, 1.0, self.lr)
+        self._first_epoch = (self.lr, 1.0)
         self._write_lr(trainer, self.lr)
 
     def _first_update(self, bound: EpochStats) -> float:
@@ -502,12 +502,12 @@ class LipschitzLR(HeadGathering, pl.Callback):
         plain = self._first_update(bound)
         if not (bounds.is_valid_bound(plain) and bounds.is_valid_bound(bound.L)):
             return
-        base, gain, previous = self._first_epoch
+        base, gain = self._first_epoch
         if self.first_epoch_growth is not None and _steady(stats):
             full, _ = next_rate(self.rule, RuleState(), bound, self._hyper)
             gain = min(gain * self.first_epoch_growth, max(1.0, full / plain))
         base = min(base, plain)
-        self._first_epoch = (base, gain, plain)
+        self._first_epoch = (base, gain)
         if base * gain != self.lr:
             self.lr = float(base * gain)
             self._write_lr(trainer, self.lr)
@@ -691,7 +691,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self._loss_reference = state_dict.get("loss_reference")
         self._loss_reference_se = float(state_dict.get("loss_reference_se") or 0.0)
         self._initial_loss = state_dict.get("initial_loss")
-        self._first_epoch = tuple(state_dict.get("first_epoch") or (self.lr if self.lr is not None else math.inf, 1.0, 0.0))
+        self._first_epoch = tuple(state_dict.get("first_epoch") or (self.lr if self.lr is not None else math.inf, 1.0))
         self._load_pending(state_dict)
         self._restored_mid_epoch = bool(self._steps)
         self._restored = self.lr is not None
