@@ -173,6 +173,9 @@ def test_report_puts_our_best_rule_against_the_best_learning_rate_free_optimizer
     # the tuned momentum baseline (0.99) is not a learning-rate-free optimizer: prodigy is the best of those
     assert ("Best of ours `smooth_momentum` 98.30% against the best learning-rate-free `prodigy` 99.10%: -0.80 points: "
             "short of the 0.5-point bar by 0.30 points.") in text
+    assert ("Where the gap opens (test accuracy per epoch, mean over seeds, `smooth_momentum` vs `prodigy`): "
+            "epoch 1 97.30% vs 98.10% (-0.80), epoch 2 98.30% vs 99.10% (-0.80).") in text
+    assert "What was tried to close it, and why each attempt falls short: [rules.md, section 8]" in text
     assert ("`smooth_momentum`: the rate rose, from 0.01 (epoch 1) to 0.04 (epoch 2); a safety cap (growth or max_lr) "
             "bound it after epoch(s) 1 (in at least one seed)") in text
     assert "`smooth_momentum` holds 4 B/param of optimizer state, `prodigy` 16, the paper's rule of the same family `adamo` 4." in text

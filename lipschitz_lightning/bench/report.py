@@ -321,7 +321,7 @@ def _suite_section(name: str, results: Path, img: Path, out_dir: Path) -> Tuple[
         lines += [f"![grad_max over L per epoch]({rel(ratio_png)})", ""]
     reading, headline = _reading(name, stats, target, epochs)
     lines += ["**Reading** (generated from the table):", ""] + [f"- {r}" for r in reading] + [""]
-    ours = _ours_against_lr_free(name, stats)
+    ours = _ours_against_lr_free(name, stats, epochs)
     if ours:
         lines += ["**Our rules against the learning-rate-free optimizers** (final test accuracy at the suite's "
                   "epochs, mean over the seeds that ran):", ""] + [f"- {r}" for r in ours] + [""]
@@ -383,7 +383,7 @@ def _reading(name: str, stats, target: float, epochs) -> Tuple[List[str], Option
     return out, headline
 
 
-def _ours_against_lr_free(name: str, stats) -> List[str]:
+def _ours_against_lr_free(name: str, stats, epochs: Sequence[Dict[str, object]] = ()) -> List[str]:
     """Issue 7's comparison: the best of our rules against the best learning-rate-free optimizer,
     at equal epochs, with their optimizer state beside that of the paper's rule of the same family."""
     final = lambda item: item[1]["final"][0] if math.isfinite(item[1]["final"][0]) else -1  # noqa: E731
@@ -404,6 +404,17 @@ def _ours_against_lr_free(name: str, stats) -> List[str]:
         verdict = (f": within the {bar:g}-point bar" if gap >= -bar else f": short of the {bar:g}-point bar by {-gap - bar:.2f} points")
     out.append(f"Best of ours `{om}` {_fmt_pct(os_['final'][0])}% against the best learning-rate-free `{fm}` "
                f"{_fmt_pct(fs['final'][0])}%: {'+' if gap >= 0 else ''}{gap:.2f} points{verdict}.")
+    if bar is not None and epochs:  # the suites with a bar: a few epochs each
+        curves = _curves([r for r in epochs if r["method"] in (om, fm)], "val/acc")
+        (xo, yo), (xf, yf) = curves.get(om, ([], [])), curves.get(fm, ([], []))
+        both = [(e, yo[xo.index(e)], yf[xf.index(e)]) for e in xo if e in xf]
+        if both:
+            out.append(f"Where the gap opens (test accuracy per epoch, mean over seeds, `{om}` vs `{fm}`): "
+                       + ", ".join(f"epoch {e} {_fmt_pct(a)}% vs {_fmt_pct(b)}% ({100 * (a - b):+.2f})" for e, a, b in both)
+                       + ".")
+    if bar is not None and gap < -bar:
+        out.append("What was tried to close it, and why each attempt falls short: "
+                   "[rules.md, section 8](rules.md#8-against-the-bar-what-was-tried).")
     family = _family(om)
     paper = [m for m in stats if kinds[m] == "paper" and _family(m) == family]
     state = f"`{om}` holds {_fmt(os_['state_bytes'])} B/param of optimizer state, `{fm}` {_fmt(fs['state_bytes'])}"
