@@ -273,3 +273,38 @@ def test_lr_finder_cosine_sweeps_even_a_run_shorter_than_its_sweep(tmp_path: Pat
     metrics = train(cfg)
     assert 1e-5 <= metrics["bench/lr_find"] <= 1.0
     assert math.isfinite(metrics["train/loss"])
+
+
+@pytest.mark.slow
+def test_gpu_recipe_runs_on_the_cpu_with_tiny_limits(tmp_path: Path):
+    """scripts/gpu_benchmark.sh end to end in its smoke mode (CPU, 8 batches, 2 epochs) on generated
+    MNIST and CIFAR-10 files: both GPU suites write the raw-result format and the report gets a
+    section for each."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    from tests._dataset_files import write_cifar10_binary, write_mnist_raw
+
+    shared = tmp_path / "shared"
+    write_mnist_raw(shared, num_train=20, num_test=10)
+    write_cifar10_binary(tmp_path / "cifar")
+    archive = tmp_path / "cifar-10-binary.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "cifar" / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
+    results, report = tmp_path / "results", tmp_path / "docs" / "benchmarks.md"
+    env = {**os.environ, "SMOKE": "1", "METHODS": "[sgd_fixed]", "PY": sys.executable, "RESULTS": str(results),
+           "RUNS_DIR": str(tmp_path / "runs"), "REPORT": str(report), "LIPSCHITZ_SHARED_DATA": str(shared),
+           "LIPSCHITZ_DATA": str(tmp_path / "data"), "CIFAR_ARCHIVE": str(archive), "OUT": str(tmp_path / "out"),
+           "CIFAR_EXTRA": "dataset.verify_checksums=false"}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_benchmark.sh")], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for suite in ("gpu_mnist", "gpu_cifar10"):
+        runs = read_rows(results / f"{suite}_runs.csv")
+        assert [(r["method"], r["status"]) for r in runs] == [("sgd_fixed", "ok")], runs
+        assert len(read_rows(results / f"{suite}_epochs.csv")) == 2
+        assert (tmp_path / "out" / "results" / f"{suite}_runs.csv").exists()  # handed back from a device machine
+    text = report.read_text()
+    assert "## Suite `gpu_mnist`" in text and "## Suite `gpu_cifar10`" in text
