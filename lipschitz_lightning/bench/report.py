@@ -240,11 +240,13 @@ def _plot(curves, title: str, ylabel: str, path: Path, log: bool = False) -> Non
 
 
 def _machine(runs: List[Dict[str, object]]) -> str:
-    keys = ("cpu", "cpu_count", "device", "torch", "lightning", "git_commit")
-    seen = OrderedDict()
-    for r in runs:
-        seen[tuple(str(r.get(k) if not isinstance(r.get(k), float) else int(r.get(k))) for k in keys)] = None
-    return "; ".join(", ".join(f"{k} {v}" for k, v in zip(keys, s)) for s in seen)
+    """The machines and versions the runs had (each distinct one once), then the commits they ran."""
+    keys = ("cpu", "cpu_count", "device", "torch", "lightning")
+    text = lambda r, k: str(int(r[k]) if isinstance(r.get(k), float) else r.get(k))  # noqa: E731
+    machines = OrderedDict((tuple(text(r, k) for k in keys), None) for r in runs)
+    commits = OrderedDict((text(r, "git_commit"), None) for r in runs)
+    return ("; ".join(", ".join(f"{k} {v}" for k, v in zip(keys, m)) for m in machines)
+            + f"; git commits {', '.join(commits)}")
 
 
 def _suite_section(name: str, results: Path, img: Path, out_dir: Path) -> Tuple[List[str], Optional[Dict[str, object]]]:
