@@ -273,10 +273,15 @@ def _suite_section(name: str, results: Path, img: Path, out_dir: Path) -> Tuple[
                      f"{min(medians) * 1000:.2f} to {max(medians) * 1000:.2f} ms across its {len(medians)} runs, "
                      "so read the s/step ratios as rough.")
     incomplete = [m for m, s in stats.items() if s["runs"] < len(planned_seeds)]
-    if incomplete:
-        lines.append(f"Methods with fewer seeds than planned so far: {', '.join(incomplete)}.")
     methods_all = list(OmegaConf.load(CONF / "methods" / "all.yaml").keys())
     missing = [m for m in methods_all if m not in stats]
+    walls = _finite(r.get("wall_seconds") for r in runs if r.get("status") == "ok")
+    if (incomplete or missing) and walls:
+        lines.append(f"Why not all ran: machine time. One run took {statistics.median(walls) / 60:.0f} minutes "
+                     f"(median of {len(walls)}), and the suite resumes where it stopped "
+                     f"(`python -m lipschitz_lightning.bench suite={name}`).")
+    if incomplete:
+        lines.append(f"Methods with fewer seeds than planned so far: {', '.join(incomplete)}.")
     if missing:
         lines.append(f"Not run yet (the suite resumes with them): {', '.join(missing)}.")
     check = cfg.get("check")
