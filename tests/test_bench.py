@@ -233,6 +233,7 @@ def test_tiny_suite_runs_resumes_and_reports(tmp_path: Path, capsys):
     assert "## Suite `digits`" in text and "| **sgd** | 1 |" in text and "| sgd_fixed | 1 |" in text
     assert "Best LipschitzLR rule: `sgd`" in text
     assert "Why not all ran: machine time. One run took" in text and "(median of 3)" in text  # 3 of 21 methods ran
+    assert f"`momentum_lrfind_cosine`: the learning-rate finder suggested {by[('momentum_lrfind_cosine', 0)]['bench/lr_find']:.3g} (seed 0)" in text
     assert (tmp_path / "docs" / "img" / "digits_test_acc.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "img" / "digits_lr.png").stat().st_size > 1000
 

@@ -375,6 +375,13 @@ def _reading(name: str, stats, target: float, epochs) -> Tuple[List[str], Option
                        + f"; best accuracy {_fmt_pct(*s['best'])}%"
                        + _rollback_text(s["rollbacks"])
                        + (f"; diverged in {len(s['diverged'])} run(s)" if s["diverged"] else "") + ".")
+    for m in stats:
+        found = [(int(r["seed"]), float(r["bench/lr_find"])) for r in epochs
+                 if r["method"] == m and int(r["epoch"]) == 0 and r.get("bench/lr_find") is not None]
+        if found:
+            out.append(f"`{m}`: the learning-rate finder suggested " + ", ".join(f"{_fmt(lr)} (seed {seed})" for seed, lr in found)
+                       + " (Lightning's suggestion: the steepest loss descent of its sweep); "
+                       + f"best accuracy {_fmt_pct(*stats[m]['best'])}%.")
     div = [f"`{m}` ({len(s['diverged'])}/{s['runs']})" for m, s in stats.items() if s["diverged"]]
     if div:
         out.append("Runs flagged as diverged (NaN, chance accuracy or a training loss that ended above its start): "
