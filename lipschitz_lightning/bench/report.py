@@ -397,7 +397,7 @@ def _reading(name: str, stats, target: float, epochs) -> Tuple[List[str], Option
     return out, headline
 
 
-def _ours_against_lr_free(name: str, stats, epochs: Sequence[Dict[str, object]] = ()) -> List[str]:
+def _ours_against_lr_free(name: str, stats, epochs: Sequence[Dict[str, object]]) -> List[str]:
     """Issue 7's comparison: the best of our rules against the best learning-rate-free optimizer,
     at equal epochs, with their optimizer state beside that of the paper's rule of the same family."""
     final = lambda item: item[1]["final"][0] if math.isfinite(item[1]["final"][0]) else -1  # noqa: E731
@@ -418,10 +418,10 @@ def _ours_against_lr_free(name: str, stats, epochs: Sequence[Dict[str, object]] 
         verdict = (f": within the {bar:g}-point bar" if gap >= -bar else f": short of the {bar:g}-point bar by {-gap - bar:.2f} points")
     out.append(f"Best of ours `{om}` {_fmt_pct(os_['final'][0])}% against the best learning-rate-free `{fm}` "
                f"{_fmt_pct(fs['final'][0])}%: {'+' if gap >= 0 else ''}{gap:.2f} points{verdict}.")
-    if bar is not None and epochs:  # the suites with a bar: a few epochs each
+    if bar is not None:  # the suites with a bar: a few epochs each
         curves = _curves([r for r in epochs if r["method"] in (om, fm)], "val/acc")
-        (xo, yo), (xf, yf) = curves.get(om, ([], [])), curves.get(fm, ([], []))
-        both = [(e, yo[xo.index(e)], yf[xf.index(e)]) for e in xo if e in xf]
+        ours_acc, free_acc = (dict(zip(*curves.get(m, ([], [])))) for m in (om, fm))
+        both = [(e, a, free_acc[e]) for e, a in ours_acc.items() if e in free_acc]
         if both:
             out.append(f"Where the gap opens (test accuracy per epoch, mean over seeds, `{om}` vs `{fm}`): "
                        + ", ".join(f"epoch {e} {_fmt_pct(a)}% vs {_fmt_pct(b)}% ({100 * (a - b):+.2f})" for e, a, b in both)
