@@ -28,8 +28,8 @@ export PYTHONPATH=${PYTHONPATH:-$PWD}
 extra=()
 if [[ "${SMOKE:-0}" == 1 ]]; then
   # CPU, eight batches per epoch, two epochs (the LR finder sweeps 14 steps): checks the recipe end to end in about a minute per method.
-  extra=('"trainer.accelerator=cpu"' '"+trainer.limit_train_batches=8"' '"+trainer.limit_val_batches=1"'
-         '"+trainer.limit_test_batches=1"' '"dataset.num_workers=0"' '"++callbacks.lr_find_cosine.num_training_steps=14"')
+  extra=('"trainer.accelerator=cpu"' '"trainer.limit_train_batches=8"' '"trainer.limit_val_batches=1"'
+         '"trainer.limit_test_batches=1"' '"dataset.num_workers=0"' '"++callbacks.lr_find_cosine.num_training_steps=14"')
   EPOCHS=${EPOCHS:-2}
 fi
 join() { local IFS=,; echo "[$*]"; }

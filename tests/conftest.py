@@ -58,9 +58,9 @@ def tiny_trainer(epochs: int = 1, batches: int = 2, logger: bool = False) -> Lis
     return [
         "trainer=cpu",
         f"trainer.max_epochs={epochs}",
-        f"+trainer.limit_train_batches={batches}",
-        "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=1",
+        f"trainer.limit_train_batches={batches}",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
         "+trainer.num_sanity_val_steps=0",
         "+trainer.enable_model_summary=false",
         "trainer.enable_progress_bar=false",

@@ -109,8 +109,8 @@ def test_mission_command_writes_lr_every_epoch(tmp_path: Path):
     result = run_cli(
         ["model=densenet40", "optim=adamo"]
         + tiny_data("image")
-        + ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
-           "+trainer.limit_test_batches=1", "trainer.enable_progress_bar=false",
+        + ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+           "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false",
            f"hydra.run.dir={run_dir}"],
         cwd=tmp_path,
     )

@@ -4,7 +4,7 @@
 
     python -m lipschitz_lightning.bench suite=digits              # 30 epochs x 5 seeds x all methods
     python -m lipschitz_lightning.bench suite=mnist seeds=[0,1] epochs=3
-    python -m lipschitz_lightning.bench suite=digits only=[sgd,prodigy] extra=[+trainer.limit_train_batches=2]
+    python -m lipschitz_lightning.bench suite=digits only=[sgd,prodigy] extra=[trainer.limit_train_batches=2]
 
 A suite (``conf/suite/<name>.yaml``) names the task (dataset, model, epochs, seeds, target
 accuracy, the overrides of every run); the methods are the ``methods`` group
