@@ -49,6 +49,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lipschitz_lightning.callbacks import LipschitzLRError, NonFiniteError, check_optimizer, find_head
+from lipschitz_lightning.app import help as _help  # noqa: F401 - registers --help's training_groups resolver
 from lipschitz_lightning.configs import config_dir
 from lipschitz_lightning.data import DatasetCorruptError, DatasetNotFoundError
 
