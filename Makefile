@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # extra: the app, the competitor optimizers, Hydra's launchers and sweepers, the plotting tools).
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test bench benchmark report
+.PHONY: install quickstart test test-fast bench benchmark report
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,11 @@ quickstart: install
 # worker per core; the modules that share an expensive fixture stay on one worker (xdist_group).
 test: install
 	$(BIN)/python -m pytest -q -ra -n auto --dist loadgroup
+
+# The quick check while you work: every test not marked slow (no DDP, no long or subprocess-heavy
+# runs, no wheel build). `make test` stays the complete suite.
+test-fast: install
+	$(BIN)/python -m pytest -q -ra -n auto --dist loadgroup -m "not slow"
 
 # Per-step cost of the LipschitzLR callback (ResNet20, random CIFAR-shaped data), printed as ratios.
 bench: install

@@ -50,6 +50,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lipschitz_lightning.callbacks import LipschitzLRError, NonFiniteError, check_optimizer, find_head
 from lipschitz_lightning.app import help as _help  # noqa: F401 - registers --help's training_groups resolver
+from lipschitz_lightning.app.noise import NOISE_WARNINGS
 from lipschitz_lightning.configs import config_dir
 from lipschitz_lightning.data import DatasetCorruptError, DatasetNotFoundError
 
@@ -61,18 +62,6 @@ log = logging.getLogger(__name__)
 USER_ERRORS = (LipschitzLRError, DatasetNotFoundError, DatasetCorruptError, NonFiniteError)
 
 
-# Warnings no user can act on, silenced once here: Lightning's advice about ckpt_path=None (a new
-# run has nothing to resume, see _check_run_folder), about mid-epoch resume (the datamodules skip
-# the finished batches, see BaseDataModule.state_dict), about sync_dist for values already equal on
-# every rank, and dependencies' own deprecations.
-KNOWN_NOISE = (
-    r".*\.fit\(ckpt_path=None\)` was called without a model",
-    r'.*\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint',
-    r"You're resuming from a checkpoint that ended before the epoch ended",
-    r".*isinstance\(treespec, LeafSpec\)` is deprecated",
-    # LipschitzLR's values are reduced across ranks by the callback: identical on every rank.
-    r".*self\.log\('lipschitz/.*sync_dist=True",
-)
 
 
 class ConfigError(ValueError):
@@ -310,7 +299,7 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         NonFiniteError: the loss or the weights stopped being finite.
         SIGTERMException: SIGTERM or Ctrl-C stopped training; the checkpoint is written.
     """
-    for pattern in KNOWN_NOISE:
+    for pattern in NOISE_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     _check_values(cfg)
     ckpt_path = _resume_path(cfg)
