@@ -72,7 +72,7 @@ def test_every_group_has_its_options():
         "trainer": {"cpu", "gpu", "ddp", "ddp_sim"},
         "logger": {"tensorboard", "csv"},
         "callbacks": {"default"},
-        "debug": {"default", "fdr", "limit", "overfit"},
+        "debug": {"default", "fdr", "limit", "overfit", "quick"},
         "experiment": {"quickstart"},
     }
     for group, names in wanted.items():
@@ -257,6 +257,24 @@ def test_first_epoch_rate_override(overrides: List[str], expected, tmp_path: Pat
     cfg = compose_train(path_overrides(tmp_path) + overrides)
     callback = instantiate(cfg.optim.callback, loss="softmax_ce")
     assert callback.first_epoch_lr == expected
+
+
+def test_short_runs_without_plus(tmp_path: Path):
+    """The batch limits and the logging interval are plain overrides (no `+`), and debug=quick
+    shrinks a run without debug=default's anomaly detection, DEBUG logging and task_name."""
+    cfg = compose_train(path_overrides(tmp_path) + ["trainer.limit_train_batches=30", "trainer.limit_val_batches=0.5",
+                                                    "trainer.limit_test_batches=5", "trainer.log_every_n_steps=10"])
+    assert (cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches) == (30, 0.5)
+    assert (cfg.trainer.limit_test_batches, cfg.trainer.log_every_n_steps) == (5, 10)
+    default = compose_train(path_overrides(tmp_path))
+    assert default.trainer.limit_train_batches == default.trainer.limit_val_batches == 1.0  # Lightning's: all
+
+    cfg = compose_train(path_overrides(tmp_path) + ["experiment=quickstart", "debug=quick"], hydra_config=True)
+    assert cfg.task_name == "quickstart" and not cfg.trainer.get("detect_anomaly", False)
+    assert cfg.hydra.job_logging.root.level != "DEBUG"
+    assert 1 <= cfg.trainer.limit_train_batches <= 20 and cfg.trainer.max_epochs >= 2
+    assert cfg.trainer.log_every_n_steps <= cfg.trainer.limit_train_batches  # no "smaller than the logging interval"
+    assert (cfg.dataset.name, cfg.optim.callback.rule) == ("digits", "sgd")  # the run itself stays
 
 
 def test_weight_decay_follows_model_and_override(tmp_path: Path):
