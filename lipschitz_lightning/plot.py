@@ -10,8 +10,9 @@ Each argument is a run folder or any folder above runs (a multirun, ``logs/``): 
 it is drawn. A run is read from its CSV logger (``csv/metrics.csv``) or, without one, from its
 TensorBoard event files (which needs the ``tensorboard`` package of the ``[app]`` extra); no
 TensorBoard server is involved. One panel per key: every logged ``lipschitz/*`` key and the
-training and validation accuracy (or loss, for regression), against the epoch; one line per run,
-labelled by what differs between the runs' overrides (``lr.first_epoch=0.5``) or by folder.
+training and validation accuracy (or loss, for regression), against the epoch (integer ticks);
+the rate, ``L`` and ``K`` panels on a log scale. One line per run, in one colour in every panel,
+labelled by what differs between the runs' overrides (``optim=adamo``) or by folder.
 Needs matplotlib (``pip install "lipschitz-lightning[bench]"``).
 """
 
@@ -23,9 +24,9 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["PlotError", "find_runs", "main", "plot_runs", "read_run"]
+__all__ = ["PlotError", "draw_runs", "find_runs", "main", "plot_runs", "read_run"]
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,12 @@ def _labels(runs: List[Path]) -> List[str]:
     for run, own in zip(runs, overrides):
         differing = [o for o in own if o not in shared and not o.startswith("hydra.")]
         labels.append(" ".join(differing) if differing and len(runs) > 1 else run.name)
-    if len(set(labels)) < len(labels):  # fall back to paths that tell them apart
-        labels = [f"{run.parent.name}/{run.name}" + (f" {label}" if label != run.name else "")
+    if len(set(labels)) < len(labels):  # fall back to the shortest folder paths that tell them apart
+        depth = next((d for d in range(2, max(len(run.parts) for run in runs) + 1)
+                      if len({run.parts[-d:] for run in runs}) == len(runs)), None)
+        if depth is None:
+            return [str(run) for run in runs]
+        labels = ["/".join(run.parts[-depth:]) + (f" {label}" if label != run.name else "")
                   for run, label in zip(runs, labels)]
     return labels
 
@@ -152,8 +157,19 @@ def _keys(curves: List[Curves], keys: Optional[Sequence[str]]) -> List[str]:
     return lipschitz + extra
 
 
-def plot_runs(paths: Sequence[Path], output: Path, keys: Optional[Sequence[str]] = None) -> Tuple[List[Path], List[str]]:
-    """Draw every run below ``paths`` into ``output`` (PNG); return the runs and the keys drawn.
+def _log_scale(key: str) -> bool:
+    """The rate, L and the K panels span decades (auto_adam's 1e-3 next to sgd's 0.5): log scale."""
+    name = key[len("lipschitz/"):] if key.startswith("lipschitz/") else ""
+    return name in ("lr", "next_lr", "L") or name.startswith("K")
+
+
+def draw_runs(paths: Sequence[Path], keys: Optional[Sequence[str]] = None) -> Tuple[Any, List[Path], List[str]]:
+    """Draw every run below ``paths`` into a new matplotlib figure; return it, the runs and the keys.
+
+    One panel per key; each run keeps one colour (and line style) in every panel and in the
+    figure's one legend, also in a panel that only some runs logged (``lipschitz/K1``). The
+    rate, ``L`` and ``K`` panels are log scale, the epochs (1-based) integer ticks. The caller
+    closes the figure (``matplotlib.pyplot.close``).
 
     Raises:
         PlotError: no run, nothing logged, an unknown key, or matplotlib missing.
@@ -163,6 +179,8 @@ def plot_runs(paths: Sequence[Path], output: Path, keys: Optional[Sequence[str]]
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
+        from matplotlib.ticker import MaxNLocator
     except ImportError as exc:
         raise PlotError("plotting needs matplotlib: pip install \"lipschitz-lightning[bench]\"") from exc
 
@@ -178,33 +196,56 @@ def plot_runs(paths: Sequence[Path], output: Path, keys: Optional[Sequence[str]]
     if not names:
         raise PlotError("the runs logged no lipschitz/* key and no accuracy or loss")
     labels = _labels(runs)
+    # The style of each run, fixed once for every panel: ten colours, then the next line style.
+    palette = plt.get_cmap("tab10").colors
+    styles = [dict(color=palette[i % len(palette)], linestyle=("-", "--", ":", "-.")[(i // len(palette)) % 4])
+              for i in range(len(runs))]
 
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.4 * rows), squeeze=False)
     for index, key in enumerate(names):
         ax = axes[index // columns][index % columns]
-        for label, run_curves in zip(labels, curves):
+        positive = False
+        for label, style, run_curves in zip(labels, styles, curves):
             points = sorted(run_curves.get(key, {}).items())
             if points:
-                epochs = [epoch + 1 for epoch, _ in points]
-                ax.plot(epochs, [value for _, value in points], marker="o" if len(points) <= 30 else None,
-                        markersize=3, label=label)
+                values = [value for _, value in points]
+                positive = positive or any(v > 0 and math.isfinite(v) for v in values)
+                ax.plot([epoch + 1 for epoch, _ in points], values, marker="o" if len(points) <= 30 else None,
+                        markersize=3, label=label, **style)
         ax.set_title(key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if _log_scale(key) and positive:
+            ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
         if key == "lipschitz/grad_max_over_L":
             ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)  # the bound holds at or under 1
     for index in range(len(names), rows * columns):
         axes[index // columns][index % columns].axis("off")
-    handles, legend_labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, legend_labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small",
+    handles = [Line2D([], [], marker="o", markersize=3, **style) for style in styles]
+    figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small",
                   bbox_to_anchor=(0.5, 0.0))
     figure.tight_layout(rect=(0, (0.1 + 0.05 * math.ceil(len(labels) / 4)) / rows, 1, 1))
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
-    plt.close(figure)
+    return figure, runs, names
+
+
+def plot_runs(paths: Sequence[Path], output: Path, keys: Optional[Sequence[str]] = None) -> Tuple[List[Path], List[str]]:
+    """Draw every run below ``paths`` into ``output`` (PNG, see :func:`draw_runs`); return the runs and the keys drawn.
+
+    Raises:
+        PlotError: no run, nothing logged, an unknown key, or matplotlib missing.
+    """
+    figure, runs, names = draw_runs(paths, keys)
+    import matplotlib.pyplot as plt
+
+    try:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(output, dpi=120)
+    finally:
+        plt.close(figure)
     return runs, names
 
 

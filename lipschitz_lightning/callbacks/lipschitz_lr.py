@@ -581,6 +581,13 @@ class LipschitzLR(HeadGathering, pl.Callback):
             # The values are identical on every rank: no need for Lightning's sync_dist advice.
             warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
             pl_module.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
+        # TensorBoard's x axis is the global step; the same values against the epoch (0-based) line
+        # up runs with different steps per epoch. Plain floats, written by rank 0's writer only.
+        for logger in pl_module.loggers:
+            if isinstance(logger, pl.loggers.TensorBoardLogger):
+                for key, value in metrics.items():
+                    logger.experiment.add_scalar(f"lipschitz_by_epoch/{key[len('lipschitz/'):]}", float(value),
+                                                 global_step=pl_module.current_epoch)
 
     def _write_lr(self, trainer: pl.Trainer, lr: float) -> None:
         """The one place the rate enters the optimizer (times each group's ``lr_scale``)."""
