@@ -10,6 +10,7 @@ import matplotlib.colors
 import matplotlib.image
 import matplotlib.pyplot as plt
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lipschitz_lightning.plot import draw_runs, find_runs, main, plot_runs, read_run
@@ -132,6 +133,17 @@ def test_multirun_jobs_are_named_by_their_overrides(tmp_path: Path):
     panels = check_figure([sweep_dir])
     assert set(panels["lipschitz/lr"]) == {"optim=sgd", "optim=rmsprop", "optim=adamo"}
     assert set(panels["lipschitz/K1"]) == {"optim=adamo"} and set(panels["lipschitz/K2"]) == {"optim=rmsprop"}
+
+    # Resuming a job (a single run now) goes on writing into the job's TensorBoard run.
+    job = runs[0]
+    own = [o for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) if "max_epochs" not in o]
+    result = run_cli([*own, "trainer.max_epochs=4", f"resume={job}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = job / "tensorboard" / "optim=sgd"
+    assert {events.parent for events in (job / "tensorboard").rglob("events.out.tfevents.*")} == {folder}
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("lipschitz_by_epoch/lr")] == [0, 1, 2, 3]
 
 
 def test_a_single_run_keeps_its_events_in_tensorboard(tmp_path: Path):
