@@ -121,6 +121,7 @@ class FreshVenv:
         self.wheel: Path
         self.core_packages: set = set()  # what `pip install <wheel>` (no extras) installed
         self.core_run: Optional[subprocess.CompletedProcess] = None  # callback_only_script.py, core only
+        self.bare = None  # tests/bare_install.py's BareRuns: the README's python blocks and the app's commands, core only
 
     def run(self, args: Sequence[str], cwd: Path, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
         """Run a command with this environment first on PATH and nothing of the repository on PYTHONPATH."""
@@ -188,4 +189,7 @@ def fresh_venv(tmp_path_factory) -> FreshVenv:
     venv.pip(str(venv.wheel))
     venv.core_packages = venv.installed()
     venv.core_run = venv.run([venv.python, str(ROOT / "tests" / "callback_only_script.py")], cwd=venv.root)
+    from tests.bare_install import run_bare_checks
+
+    venv.bare = run_bare_checks(venv)  # before any test installs an extra into this venv
     return venv
