@@ -35,6 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+if __name__ == "__main__":  # without the [app] extra: one line naming it, exit status 2, no traceback
+    from lipschitz_lightning.app.cli import require_app
+
+    require_app("python -m lipschitz_lightning.classical")
+
 import hydra
 import numpy as np
 import torch

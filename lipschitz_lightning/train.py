@@ -38,6 +38,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+if __name__ == "__main__":  # without the [app] extra: one line naming it, exit status 2, no traceback
+    from lipschitz_lightning.app.cli import require_app
+
+    require_app("python -m lipschitz_lightning.train")
+
 import hydra
 import pytorch_lightning as pl
 import torch

@@ -96,7 +96,7 @@ def test_dockerfile_installs_the_pinned_torch_and_the_packaged_entry_point():
     assert re.search(r'pip install "\.\[app,competitors\]"', runs)  # a wheel build, not editable
     (entrypoint,) = [args for k, args in steps if k == "ENTRYPOINT"]
     assert entrypoint == '["lipschitz-train"]'
-    assert 'lipschitz-train = "lipschitz_lightning.train:main"' in (ROOT / "pyproject.toml").read_text()
+    assert 'lipschitz-train = "lipschitz_lightning.app.cli:main"' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_dockerignore_keeps_environments_data_and_runs_out_of_the_context():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lipschitz_lightning.configs import config_dir
+from tests.bare_install import APP_COMMANDS
 from tests.conftest import CONF_DIR, CORE_ONLY_ABSENT, ROOT, FreshVenv
 
 # Under pytest-xdist (make test), one worker runs this module: the session's fresh venv (built in the repository's build/) is made once, on one worker.
@@ -53,18 +54,33 @@ def test_wheel_holds_the_configs(fresh_venv: FreshVenv):
 def test_callback_only_install_has_no_application_dependencies(fresh_venv: FreshVenv):
     """`pip install lipschitz-lightning` (no extras) installs no Hydra, scikit-learn, torchvision,
     TensorBoard, competitor or plotting package, and the callback trains a model without
-    importing any of them (tests/callback_only_script.py, run before any extra was installed)."""
+    importing any of them, with a given first-epoch rate and on the default path, the probe of
+    a module without forward (tests/callback_only_script.py, run before any extra was installed)."""
     core = fresh_venv.core_packages
     assert {"torch", "pytorch-lightning", "lipschitz-lightning"} <= core
     assert not core & set(CORE_ONLY_ABSENT), core & set(CORE_ONLY_ABSENT)
     result = fresh_venv.core_run  # the script ran right after the core install, before any extra
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(fresh_venv.dir) in result.stdout.split("package:")[1].splitlines()[0]  # the wheel, not the clone
-    assert float(result.stdout.split("rate:")[1].splitlines()[0]) > 0
+    assert float(result.stdout.split("\nrate:")[1].splitlines()[0]) > 0
+    assert float(result.stdout.split("probe rate:")[1].splitlines()[0]) > 0
     imported = set(eval(result.stdout.split("imported:")[1].splitlines()[0]))
     application = {"hydra", "omegaconf", "sklearn", "torchvision", "tensorboard", "prodigyopt", "dadaptation", "dog",
                    "schedulefree", "prodigyplus", "matplotlib"}
     assert not imported & application, imported & application
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", sorted(APP_COMMANDS))
+def test_bare_install_says_in_one_line_which_extra_to_add(fresh_venv: FreshVenv, command: str):
+    """Without the [app] extra (matplotlib's [bench] for the plot) each application command is one
+    `error:` line naming the extra to install and exit status 2, not a ModuleNotFoundError."""
+    result = fresh_venv.bare.commands[command]
+    extra = "bench" if command == "plot" else "app"
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert f'pip install "lipschitz-lightning[{extra}]"' in lines[0]
 
 
 @pytest.mark.slow

@@ -10,6 +10,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+if __name__ == "__main__":  # without the [app] extra: one line naming it, exit status 2, no traceback
+    from lipschitz_lightning.app.cli import require_app
+
+    require_app("python -m lipschitz_lightning.bench")
+
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig
