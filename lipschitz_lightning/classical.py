@@ -54,8 +54,8 @@ from lipschitz_lightning.math.bounds import (
 )
 from lipschitz_lightning.modules.supervised import CRITERIA
 
-__all__ = ["CONSTANTS", "ClassicalDataError", "Data", "descend", "load_csv", "load_mnist", "load_sklearn",
-           "load_sklearn_fetch", "run", "table1", "table2"]
+__all__ = ["CONSTANTS", "SCALINGS", "ClassicalConfigError", "ClassicalDataError", "Data", "ScaleChoice", "choose_scale",
+           "descend", "load_csv", "load_mnist", "load_sklearn", "load_sklearn_fetch", "run", "table1", "table2"]
 
 
 class ClassicalDataError(RuntimeError):
@@ -185,11 +185,18 @@ def _model(cfg: DictConfig, features: int, outputs: int, dtype: torch.dtype, see
 
 
 def descend(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, lr: float, epochs: int,
-            threshold: Optional[float] = None, min_epochs: int = 0) -> Tuple[List[float], Optional[int]]:
+            threshold: Optional[float] = None, min_epochs: int = 0,
+            progress: Optional[Callable[[int, float], None]] = None, progress_every: Optional[int] = None,
+            progress_seconds: Optional[float] = None) -> Tuple[List[float], Optional[int]]:
     """Full-batch gradient descent on ``net``'s trainable weights at the fixed rate ``lr``.
 
     Runs until the loss is below ``threshold`` and at least ``min_epochs`` updates are done, or
     ``epochs`` updates, or the loss is not finite.
+
+    Args:
+        progress: Called as ``progress(epoch, loss)`` every ``progress_every`` epochs and/or when
+            ``progress_seconds`` have passed since the last call (both optional; the loss is the
+            float the loop reads anyway, so a call costs no extra work).
 
     Returns:
         The full-batch loss before every update (index e: after e updates) and the first e at
@@ -200,6 +207,9 @@ def descend(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, l
     loss_fn = _loss_fn(loss)
     losses: List[float] = []
     reached: Optional[int] = None
+    every = int(progress_every) if progress is not None and progress_every else 0
+    seconds = float(progress_seconds) if progress is not None and progress_seconds is not None else None
+    last = time.perf_counter()
     for epoch in range(epochs + 1):
         value = loss_fn(net(x), y)
         current = float(value.detach())
@@ -208,6 +218,13 @@ def descend(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, l
             reached = epoch
         if not math.isfinite(current) or epoch == epochs or (reached is not None and epoch >= min_epochs):
             break
+        if progress is not None and epoch:
+            if every and epoch % every == 0:
+                progress(epoch, current)
+                last = time.perf_counter()
+            elif seconds is not None and time.perf_counter() - last >= seconds:
+                progress(epoch, current)
+                last = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         optimizer.step()
@@ -223,18 +240,197 @@ def _increases(losses: Sequence[float]) -> int:
     return sum(1 for a, b in zip(losses, losses[1:]) if b > a * (1 + 1e-12) + 1e-300)
 
 
-def table1(cfg: DictConfig, data: Data, dtype: torch.dtype) -> Tuple[Dict[str, object], Dict[str, List[float]]]:
-    """Epochs to ``T_L`` at alpha and at 1/L (whole data set); the loss curves of both runs."""
+# --------------------------------------------------------------------------- which scaling
+
+# The feature scalings a row can run with: every column of X (with the intercept's column of ones)
+# divided by its sum (paper section 7.1), or the features as loaded.
+SCALINGS: Tuple[str, ...] = ("unit_sum", "none")
+SCALING_WORDS: Dict[str, str] = {"unit_sum": "unit-sum scaled", "none": "unscaled"}
+# How a row's scaling was decided (the ``scale_basis`` column of the results).
+SCALE_BASES: Dict[str, str] = {
+    "paper": "the paper's 1/L matches this scaling only",
+    "unclear": "the paper's 1/L matches both scalings or neither: the nearer one is run, both are reported",
+    "stated": "no paper figure: the scaling the paper states (section 7.1)",
+    "config": "set in the config",
+}
+
+
+class ClassicalConfigError(ValueError):
+    """A bad value in the classical config (one-line message)."""
+
+
+def _scale(x: torch.Tensor, scale: str, reference: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return scale_columns_to_unit_sum(x, reference=reference) if scale == "unit_sum" else x
+
+
+def _inverse(big_l: float) -> float:
+    return 1.0 / big_l if is_valid_bound(big_l) else float("nan")
+
+
+@dataclass
+class ScaleChoice:
+    """The scaling a row runs with, and the numbers that decided it.
+
+    ``inv_L[s]`` is 1/L of every row under scaling ``s``, ``split_inv_L[s]`` that of the 70%
+    training split (Table 2's rows). How far 1/L moves between the two is how much it depends on
+    which rows the paper used; the paper's figure *matches* scaling ``s`` when it lies within
+    ``[lo / (1 + tol), hi * (1 + tol)]``, ``lo``/``hi`` the smaller/larger of the two values and
+    ``tol = hi / lo - 1`` (:meth:`band`): a tolerance computed from the data, not picked.
+    """
+
+    scale: str
+    basis: str
+    inv_L: Dict[str, float]
+    split_inv_L: Dict[str, float]
+    paper_inv_L: Optional[float]
+    matches: Tuple[str, ...]
+
+    def band(self, scale: str) -> Optional[Tuple[float, float, float]]:
+        """``(lo, hi, tol)`` of ``scale``, or None where its bound is not usable."""
+        values = (self.inv_L[scale], self.split_inv_L[scale])
+        if not all(math.isfinite(v) and v > 0 for v in values):
+            return None
+        lo, hi = min(values), max(values)
+        return lo, hi, hi / lo - 1.0
+
+    def reason(self) -> str:
+        """One line: which scaling, on what grounds, with 1/L under both."""
+        word = SCALING_WORDS[self.scale]
+        if self.basis == "config":
+            head = f"{word} (set in the config)"
+        elif self.basis == "stated":
+            head = f"{word} (auto: no paper figure, so the paper's stated scaling, section 7.1)"
+        elif self.basis == "paper":
+            head = f"{word} (auto: the paper's 1/L = {_g(self.paper_inv_L)} matches the {word} bound only)"
+        else:
+            which = "both bounds" if self.matches else "neither bound"
+            head = (f"{word} (auto, UNCLEAR: the paper's 1/L = {_g(self.paper_inv_L)} matches {which}; "
+                    f"running the nearer one, both reported)")
+        if self.basis == "config" and self.paper_inv_L is not None:
+            head += f"; the paper's 1/L = {_g(self.paper_inv_L)} matches " + (
+                " and ".join(SCALING_WORDS[s] for s in self.matches) if self.matches else "neither bound")
+        return f"{head}. " + "; ".join(f"{SCALING_WORDS[s]} 1/L: {self._band_words(s)}" for s in SCALINGS)
+
+    def _band_words(self, scale: str) -> str:
+        text = f"{_g(self.inv_L[scale])} all rows, {_g(self.split_inv_L[scale])} 70% split"
+        band = self.band(scale)
+        if band is None:
+            return text + " (bound not usable)"
+        lo, hi, tol = band
+        return text + f" (matches {_g3(lo / (1 + tol))} to {_g3(hi * (1 + tol))})"
+
+
+def _g3(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _g(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.6g}"
+
+
+def _log_distance(value: float, band: Optional[Tuple[float, float, float]]) -> float:
+    if band is None:
+        return math.inf
+    lo, hi, _ = band
+    return max(0.0, math.log(lo / value), math.log(value / hi))
+
+
+def choose_scale(loss: str, x: torch.Tensor, y: torch.Tensor, x_split: torch.Tensor, y_split: torch.Tensor, k: int,
+                 paper_inv_L: Optional[float], requested: str = "auto") -> ScaleChoice:
+    """The scaling whose 1/L the paper's figure points to (``requested="auto"``), or ``requested``.
+
+    Args:
+        x, y: every row, unscaled, with the intercept column; x_split, y_split: the 70% training split.
+        paper_inv_L: the paper's 1/L for this table (None: not in the paper).
+        requested: ``auto``, ``unit_sum`` or ``none``.
+
+    ``auto``: the one scaling that matches the paper's figure (:class:`ScaleChoice`); where both or
+    neither match, the one nearer to it (log scale), marked ``unclear``; without a paper figure, the
+    unit-sum scaling the paper's section 7.1 states.
+    """
+    if requested not in ("auto",) + SCALINGS:
+        raise ClassicalConfigError(f"scale must be auto, unit_sum or none, got {requested!r}")
+    inv = {s: _inverse(_constant(loss, _scale(x, s), y, k)) for s in SCALINGS}
+    split = {s: _inverse(_constant(loss, _scale(x_split, s), y_split, k)) for s in SCALINGS}
+    paper = float(paper_inv_L) if paper_inv_L is not None else None
+    probe = ScaleChoice("unit_sum", "stated", inv, split, paper, ())
+    matches: Tuple[str, ...] = ()
+    if paper is not None and paper > 0:
+        for s in SCALINGS:
+            band = probe.band(s)
+            if band is not None and band[0] / (1 + band[2]) <= paper <= band[1] * (1 + band[2]):
+                matches += (s,)
+    if requested != "auto":
+        return ScaleChoice(requested, "config", inv, split, paper, matches)
+    if paper is None or paper <= 0:
+        return ScaleChoice("unit_sum", "stated", inv, split, paper, matches)
+    if len(matches) == 1:
+        return ScaleChoice(matches[0], "paper", inv, split, paper, matches)
+    nearest = min(SCALINGS, key=lambda s: _log_distance(paper, probe.band(s)))
+    return ScaleChoice(nearest, "unclear", inv, split, paper, matches)
+
+
+def _split(cfg: DictConfig, data: Data, loss: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Table 2's rows: the official split, or a 70/30 one (stratified for classification)."""
+    if data.x_test is not None:
+        return data.x, data.x_test, data.y, data.y_test
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(data.x, data.y, test_size=0.3, random_state=int(cfg.seed),
+                            stratify=None if loss == "mse" else data.y)
+
+
+def _choice_row(choice: ScaleChoice) -> Dict[str, object]:
+    return {"scale": choice.scale, "scale_basis": choice.basis,
+            **{f"inv_L_{s}": choice.inv_L[s] for s in SCALINGS},
+            **{f"split_inv_L_{s}": choice.split_inv_L[s] for s in SCALINGS}}
+
+
+Echo = Callable[[str], None]
+
+
+def _progress(echo: Optional[Echo], label: str, total: int, target: str) -> Optional[Callable[[int, float], None]]:
+    if echo is None:
+        return None
+    began = time.perf_counter()
+
+    def report(epoch: int, value: float) -> None:
+        echo(f"    {label}: epoch {epoch:,} / {total:,}, loss {value:.6g}, target {target} "
+             f"({time.perf_counter() - began:.1f} s)")
+
+    return report
+
+
+def _paper(cfg: DictConfig) -> Dict[str, object]:
+    return dict(cfg.dataset.get("paper") or {})
+
+
+def table1(cfg: DictConfig, data: Data, dtype: torch.dtype,
+           echo: Optional[Echo] = None) -> Tuple[Dict[str, object], Dict[str, List[float]]]:
+    """Epochs to ``T_L`` at alpha and at 1/L (whole data set); the loss curves of both runs.
+
+    The features are scaled as :func:`choose_scale` decides from the paper's Table 1 figure
+    (``dataset.table1_scale``, default ``auto``). ``echo``: where the scaling line and the
+    progress lines go (None: silent).
+    """
     loss = str(cfg.dataset.loss)
-    x = scale_columns_to_unit_sum(torch.as_tensor(_with_intercept(data.x), dtype=dtype))
+    raw = torch.as_tensor(_with_intercept(data.x), dtype=dtype)
     y = _targets(data.y, loss, dtype)
     k = _num_outputs(data.y, loss)
+    x_train, _, y_train, _ = _split(cfg, data, loss)
+    choice = choose_scale(loss, raw, y, torch.as_tensor(_with_intercept(x_train), dtype=dtype),
+                          _targets(y_train, loss, dtype), k, _paper(cfg).get("inv_L"),
+                          str(cfg.dataset.get("table1_scale", "auto")))
+    x = _scale(raw, choice.scale)
     big_l = _constant(loss, x, y, k)
     valid = is_valid_bound(big_l)
     threshold = float(cfg.dataset.threshold)
     row: Dict[str, object] = {"dataset": cfg.dataset.name, "loss": loss, "m": x.shape[0], "n": x.shape[1] - 1,
                               "threshold": threshold, "L": big_l, "inv_L": 1.0 / big_l if valid else float("nan"),
-                              "max_epochs": int(cfg.max_epochs)}
+                              "max_epochs": int(cfg.max_epochs), **_choice_row(choice)}
+    if echo is not None:
+        echo(f"{cfg.dataset.name}: Table 1, m={row['m']} n={row['n']}, T_L={threshold:g}, up to {int(cfg.max_epochs):,} epochs")
+        echo(f"  scaling: {choice.reason()}")
     curves: Dict[str, List[float]] = {}
     rates = {"alpha": float(cfg.alpha)}
     if valid:
@@ -245,7 +441,11 @@ def table1(cfg: DictConfig, data: Data, dtype: torch.dtype) -> Tuple[Dict[str, o
         net.load_state_dict(start)
         began = time.perf_counter()
         min_epochs = int(cfg.curve_epochs) if name == "inv_L" else 0
-        losses, reached = descend(net, x, y, loss, lr, int(cfg.max_epochs), threshold, min_epochs)
+        target = f"< T_L = {threshold:g}" + (f", then on to {min_epochs:,} epochs (Figure 1)" if min_epochs else "")
+        label = f"alpha = {lr:.6g}" if name == "alpha" else f"alpha = 1/L = {lr:.6g}"
+        losses, reached = descend(net, x, y, loss, lr, int(cfg.max_epochs), threshold, min_epochs,
+                                  progress=_progress(echo, label, int(cfg.max_epochs), target),
+                                  progress_every=cfg.get("progress_every"), progress_seconds=cfg.get("progress_seconds"))
         curves[name] = losses
         row[f"epochs_{name}"] = reached
         row[f"final_loss_{name}"] = losses[-1]
@@ -256,31 +456,40 @@ def table1(cfg: DictConfig, data: Data, dtype: torch.dtype) -> Tuple[Dict[str, o
     return row, curves
 
 
-def table2(cfg: DictConfig, data: Data, dtype: torch.dtype) -> Optional[Dict[str, object]]:
-    """Test accuracy after ``N_E`` epochs at alpha and at 1/L (1/L from the training split)."""
+def table2(cfg: DictConfig, data: Data, dtype: torch.dtype, echo: Optional[Echo] = None) -> Optional[Dict[str, object]]:
+    """Test accuracy after ``N_E`` epochs at alpha and at 1/L (1/L from the training split).
+
+    The scaling is ``dataset.table2_scale`` (``unit_sum``, ``none``, or ``auto``: decided by
+    :func:`choose_scale` from the paper's Table 2 figure); the row carries 1/L under both.
+    """
     loss = str(cfg.dataset.loss)
     epochs = cfg.dataset.get("accuracy_epochs")
     if loss == "mse" or not epochs:
         return None
-    if data.x_test is None:
-        from sklearn.model_selection import train_test_split
-
-        x_train, x_test, y_train, y_test = train_test_split(
-            data.x, data.y, test_size=0.3, random_state=int(cfg.seed), stratify=data.y)
-    else:
-        x_train, x_test, y_train, y_test = data.x, data.x_test, data.y, data.y_test
+    x_train, x_test, y_train, y_test = _split(cfg, data, loss)
     raw_train = torch.as_tensor(_with_intercept(x_train), dtype=dtype)
     raw_test = torch.as_tensor(_with_intercept(x_test), dtype=dtype)
-    if str(cfg.dataset.get("table2_scale", "unit_sum")) == "unit_sum":
-        x, xt = scale_columns_to_unit_sum(raw_train), scale_columns_to_unit_sum(raw_test, reference=raw_train)
-    else:  # "none": the features as loaded
-        x, xt = raw_train, raw_test
     y, yt = _targets(y_train, loss, dtype), _targets(y_test, loss, dtype)
     k = _num_outputs(data.y, loss)
-    big_l = _constant(loss, x, y, k)
+    requested = str(cfg.dataset.get("table2_scale", "unit_sum"))
+    inv = {s: _inverse(_constant(loss, _scale(raw_train, s), y, k)) for s in SCALINGS}
+    basis = "config"
+    scale = requested
+    if requested == "auto":
+        # The paper's Table 2 rate is that of a training split; the band runs from it to all rows.
+        raw_all = torch.as_tensor(_with_intercept(np.concatenate([x_train, x_test])), dtype=dtype)
+        y_all = _targets(np.concatenate([y_train, y_test]), loss, dtype)
+        choice = choose_scale(loss, raw_all, y_all, raw_train, y, k, _table2_paper_inv_L(cfg))
+        scale, basis = choice.scale, choice.basis
+    x, xt = _scale(raw_train, scale), _scale(raw_test, scale, reference=raw_train)
     row: Dict[str, object] = {"dataset": cfg.dataset.name, "m_train": len(y_train), "m_test": len(y_test),
-                              "scale": str(cfg.dataset.get("table2_scale", "unit_sum")),
-                              "accuracy_epochs": int(epochs), "inv_L": 1.0 / big_l if is_valid_bound(big_l) else float("nan")}
+                              "scale": scale, "scale_basis": basis, "accuracy_epochs": int(epochs), "inv_L": inv[scale],
+                              **{f"inv_L_{s}": inv[s] for s in SCALINGS}}
+    if echo is not None:
+        echo(f"{cfg.dataset.name}: Table 2, {row['m_train']} training / {row['m_test']} test rows, {int(epochs):,} epochs, "
+             f"{SCALING_WORDS[scale]} ({'auto' if basis != 'config' else 'set in the config'}); 1/L "
+             + ", ".join(f"{SCALING_WORDS[s]} {_g(inv[s])}" for s in SCALINGS)
+             + (f"; paper {_g(float(_table2_paper_inv_L(cfg)))}" if _table2_paper_inv_L(cfg) is not None else ""))
     net = _model(cfg, x.shape[1], k, dtype, int(cfg.seed))
     start = {name: t.clone() for name, t in net.state_dict().items()}
     for name, lr in {"alpha": float(cfg.alpha), "inv_L": row["inv_L"]}.items():
@@ -288,10 +497,19 @@ def table2(cfg: DictConfig, data: Data, dtype: torch.dtype) -> Optional[Dict[str
             row[f"acc_{name}"] = float("nan")
             continue
         net.load_state_dict(start)
-        descend(net, x, y, loss, lr, int(epochs))
+        label = f"alpha = {lr:.6g}" if name == "alpha" else f"alpha = 1/L = {lr:.6g}"
+        descend(net, x, y, loss, lr, int(epochs), progress=_progress(echo, label, int(epochs), f"N_E = {int(epochs):,} epochs"),
+                progress_every=cfg.get("progress_every"), progress_seconds=cfg.get("progress_seconds"))
         with torch.no_grad():
             row[f"acc_{name}"] = _accuracy(net(xt), yt, loss)
     return row
+
+
+def _table2_paper_inv_L(cfg: DictConfig) -> Optional[float]:
+    """The paper's Table 2 rate: ``paper.table2_inv_L`` (Table 2 differs from Table 1 for some sets)."""
+    paper = _paper(cfg)
+    value = paper.get("table2_inv_L", paper.get("inv_L"))
+    return float(value) if value is not None else None
 
 
 # --------------------------------------------------------------------------- results files
@@ -299,9 +517,11 @@ def table2(cfg: DictConfig, data: Data, dtype: torch.dtype) -> Optional[Dict[str
 TABLE1_COLUMNS = ("dataset", "loss", "m", "n", "threshold", "L", "inv_L", "initial_loss", "epochs_alpha", "epochs_inv_L",
                   "ran_alpha", "ran_inv_L", "final_loss_alpha", "final_loss_inv_L", "increases_alpha", "increases_inv_L",
                   "seconds_alpha", "seconds_inv_L", "max_epochs", "alpha", "seed", "dtype",
-                  "paper_threshold", "paper_inv_L", "paper_epochs_alpha", "paper_epochs_inv_L")
+                  "paper_threshold", "paper_inv_L", "paper_epochs_alpha", "paper_epochs_inv_L",
+                  "scale", "scale_basis", "inv_L_unit_sum", "inv_L_none", "split_inv_L_unit_sum", "split_inv_L_none")
 TABLE2_COLUMNS = ("dataset", "m_train", "m_test", "scale", "accuracy_epochs", "inv_L", "acc_alpha", "acc_inv_L", "alpha", "seed",
-                  "paper_accuracy_epochs", "paper_inv_L", "paper_acc_alpha", "paper_acc_inv_L")
+                  "paper_accuracy_epochs", "paper_inv_L", "paper_acc_alpha", "paper_acc_inv_L",
+                  "scale_basis", "inv_L_unit_sum", "inv_L_none")
 CURVE_COLUMNS = ("dataset", "rate", "epoch", "loss")
 
 
@@ -335,9 +555,21 @@ def _fmt_epochs(value: Optional[int], ran: int) -> str:
     return f"{value:,}" if value is not None else f"not reached in {ran:,}"
 
 
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
 def run(cfg: DictConfig) -> Dict[str, object]:
-    """Tables 1 and 2 for ``cfg.dataset``; print them; save them when ``results_dir`` is set."""
+    """Tables 1 and 2 for ``cfg.dataset``; print them (with progress); save them when ``results_dir`` is set."""
     dtype = getattr(torch, str(cfg.dtype))
+    for key in ("progress_every", "progress_seconds"):
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ClassicalConfigError(f"{key} must be a non-negative number or null, got {value!r}")
+    for key, default in (("table1_scale", "auto"), ("table2_scale", "unit_sum")):
+        value = str(cfg.dataset.get(key, default))
+        if value not in ("auto",) + SCALINGS:
+            raise ClassicalConfigError(f"dataset.{key} must be auto, unit_sum or none, got {value!r}")
     try:
         data: Data = hydra.utils.instantiate(cfg.dataset.data)
     except hydra.errors.InstantiationException as exc:
@@ -347,14 +579,14 @@ def run(cfg: DictConfig) -> Dict[str, object]:
     if data.x.size < 5_000_000:
         torch.set_num_threads(1)  # tiny matrices: threads only add overhead
     name = str(cfg.dataset.name)
-    paper = cfg.dataset.get("paper") or {}
+    paper = _paper(cfg)
     out: Dict[str, object] = {}
     if cfg.dataset.get("threshold") is not None:
-        row, curves = table1(cfg, data, dtype)
+        row, curves = table1(cfg, data, dtype, echo=_echo)
         row.update(alpha=float(cfg.alpha), seed=int(cfg.seed), dtype=str(cfg.dtype),
                    **{f"paper_{k}": paper.get(k) for k in ("threshold", "inv_L", "epochs_alpha", "epochs_inv_L")})
         out["table1"] = row
-        print(f"{name}: m={row['m']} n={row['n']} T_L={row['threshold']:g} initial loss {row['initial_loss']:.6g}")
+        print(f"{name}: Table 1 ({SCALING_WORDS[str(row['scale'])]}), initial loss {row['initial_loss']:.6g}")
         print(f"  alpha = {cfg.alpha:g}: {_fmt_epochs(row['epochs_alpha'], row['ran_alpha'])} epochs to the loss < T_L"
               f" (final loss {row['final_loss_alpha']:.6g}, {row['seconds_alpha']} s)")
         if "inv_L" in curves:
@@ -363,7 +595,7 @@ def run(cfg: DictConfig) -> Dict[str, object]:
                   f"went up at {row['increases_inv_L']} epochs")
         else:
             print(f"  alpha = 1/L: not run, the bound is not usable (L = {row['L']:.6g} <= 0)")
-        if paper:
+        if any(paper.get(k) is not None for k in ("threshold", "inv_L", "epochs_alpha", "epochs_inv_L")):
             print(f"  paper: T_L={paper.get('threshold')} 1/L={paper.get('inv_L')} "
                   f"E_0.1={paper.get('epochs_alpha')} E_1/L={paper.get('epochs_inv_L')}")
         if cfg.results_dir:
@@ -373,10 +605,10 @@ def run(cfg: DictConfig) -> Dict[str, object]:
             _upsert(Path(str(cfg.results_dir)) / "classical_curves.csv", CURVE_COLUMNS, name, points)
             _upsert(Path(str(cfg.results_dir)) / "classical_table1.csv", TABLE1_COLUMNS, name, [row])
     if cfg.get("table2", True):
-        row2 = table2(cfg, data, dtype)
+        row2 = table2(cfg, data, dtype, echo=_echo)
         if row2 is not None:
-            row2.update(alpha=float(cfg.alpha), seed=int(cfg.seed),
-                        **{f"paper_{k}": paper.get(k) for k in ("accuracy_epochs", "inv_L", "acc_alpha", "acc_inv_L")})
+            row2.update(alpha=float(cfg.alpha), seed=int(cfg.seed), paper_inv_L=_table2_paper_inv_L(cfg),
+                        **{f"paper_{k}": paper.get(k) for k in ("accuracy_epochs", "acc_alpha", "acc_inv_L")})
             out["table2"] = row2
             print(f"{name}: test accuracy after {row2['accuracy_epochs']} epochs: alpha = {cfg.alpha:g}: "
                   f"{row2['acc_alpha']:.4f}, 1/L = {row2['inv_L']:.6g}: {row2['acc_inv_L']:.4f}"
@@ -395,7 +627,7 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point; a missing data set is one ``error: ...`` line and exit status 2."""
     try:
         run(cfg)
-    except ClassicalDataError as exc:
+    except (ClassicalDataError, ClassicalConfigError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
 

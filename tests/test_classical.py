@@ -136,3 +136,123 @@ def test_cli_missing_data_is_one_line(tmp_path: Path):
     proc = run_cli(["dataset=boston", f"data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path}/boston.csv not found (put the data set's CSV there; see its config file)"]
+
+
+# --------------------------------------------------------------------------- progress and scaling (issue 16)
+
+
+def _inv_l_unscaled(name: str, rows=None) -> float:
+    """1/L of softmax regression on the unscaled features (+ intercept), from the math package alone."""
+    from lipschitz_lightning.math.bounds import softmax_regression_constant
+
+    data = classical.load_sklearn(name)
+    x = data.x if rows is None else data.x[rows]
+    y = data.y if rows is None else data.y[rows]
+    x = torch.as_tensor(np.concatenate([x, np.ones((len(x), 1))], axis=1))
+    return 1 / float(softmax_regression_constant(x, int(y.max()) + 1))
+
+
+def test_cli_prints_progress_lines_every_n_epochs(tmp_path: Path):
+    proc = run_cli(["dataset=iris", "max_epochs=30", "curve_epochs=5", "table2=false", "progress_every=10",
+                    "progress_seconds=null", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.strip() for line in proc.stdout.splitlines() if ": epoch " in line]
+    assert [line.split(",")[0] for line in lines] == [
+        "alpha = 0.1: epoch 10 / 30", "alpha = 0.1: epoch 20 / 30",
+        "alpha = 1/L = 2.32658: epoch 10 / 30"]  # 1/L reaches T_L at epoch 17
+    assert all("loss " in line and "target < T_L = 0.2" in line for line in lines)
+    # The scaling line comes before the descent, so a long run says what it does from the start.
+    out = proc.stdout
+    assert out.index("scaling: ") < out.index("epoch 10 / 30") < out.index("not reached in 30 epochs")
+
+
+def test_progress_lines_by_elapsed_time(capsys):
+    """progress_seconds=0: every epoch has waited long enough, so each one prints (Table 2 too)."""
+    cfg = compose_classical("dataset=iris", "max_epochs=4", "curve_epochs=0", "dataset.accuracy_epochs=3",
+                            "progress_seconds=0")
+    classical.run(cfg)
+    out = capsys.readouterr().out
+    assert [line.split(",")[0].strip() for line in out.splitlines() if "alpha = 0.1: epoch" in line] == [
+        "alpha = 0.1: epoch 1 / 4", "alpha = 0.1: epoch 2 / 4", "alpha = 0.1: epoch 3 / 4",  # Table 1
+        "alpha = 0.1: epoch 1 / 3", "alpha = 0.1: epoch 2 / 3"]  # Table 2
+    assert "target N_E = 3 epochs" in out
+    cfg = compose_classical("dataset=iris", "max_epochs=4", "curve_epochs=0", "table2=false", "progress_seconds=null")
+    classical.run(cfg)
+    assert ": epoch " not in capsys.readouterr().out  # off
+
+
+def test_iris_table1_runs_unscaled_as_the_papers_figure_says():
+    """The paper's iris 1/L = 1.902 is the unscaled bound's; unit-sum scaling gives about 1,198."""
+    cfg = compose_classical("dataset=iris", "max_epochs=1000", "curve_epochs=0")
+    row, _ = classical.table1(cfg, classical.load_sklearn("iris"), torch.float64)
+    assert row["scale"] == "none" and row["scale_basis"] == "paper"
+    whole = _inv_l_unscaled("iris")
+    assert row["inv_L"] == pytest.approx(whole) and row["inv_L_none"] == pytest.approx(whole)
+    # The tolerance is computed from the data: how far 1/L moves between all rows and the 70%
+    # training split (Table 2's rows). The paper's figure is within that spread of the unscaled
+    # bound, and the training split's unscaled 1/L is within 3% of it.
+    from sklearn.model_selection import train_test_split
+
+    labels = classical.load_sklearn("iris").y
+    train, _ = train_test_split(np.arange(len(labels)), test_size=0.3, random_state=0, stratify=labels)
+    split = _inv_l_unscaled("iris", train)
+    assert row["split_inv_L_none"] == pytest.approx(split)
+    spread = whole / split - 1
+    assert 0 < spread < 0.3
+    assert split / (1 + spread) <= 1.902 <= whole * (1 + spread)
+    assert abs(split - 1.902) / 1.902 < 0.03
+    # The unit-sum scaled 1/L is reported too, and is nowhere near the paper's.
+    assert row["inv_L_unit_sum"] == pytest.approx(1197.9, rel=1e-3)
+    # The rate-independent check: at alpha = 0.1 the unscaled run reaches T_L in hundreds of epochs
+    # (paper: 413), where the unit-sum scaled one needed more than 100,000.
+    assert row["epochs_alpha"] is not None and 413 / 2 < row["epochs_alpha"] < 413 * 2
+
+
+@pytest.mark.parametrize("name, scale, basis", [("breast_cancer", "unit_sum", "paper"), ("wine", "unit_sum", "stated")])
+def test_table1_scaling_choice_per_row(name: str, scale: str, basis: str):
+    cfg = compose_classical(f"dataset={name}", "max_epochs=2", "curve_epochs=0")
+    row, _ = classical.table1(cfg, classical.load_sklearn(name), torch.float64)
+    assert (row["scale"], row["scale_basis"]) == (scale, basis)
+    assert math.isfinite(row["inv_L_unit_sum"]) and math.isfinite(row["inv_L_none"])
+    if basis == "paper":  # the paper's figure within the data's own spread of the chosen bound
+        paper = float(cfg.dataset.paper.inv_L)
+        lo, hi = sorted((row["inv_L_unit_sum"], row["split_inv_L_unit_sum"]))
+        assert lo / (hi / lo) <= paper <= hi * (hi / lo)
+        assert not (row["inv_L_none"] / 10 < paper < row["inv_L_none"] * 10)
+
+
+def test_unclear_scaling_reports_both_and_the_report_says_so(tmp_path: Path, capsys):
+    """A paper figure that neither bound explains (30 for iris): the nearer one runs, both are shown."""
+    cfg = compose_classical("dataset=iris", "max_epochs=3", "curve_epochs=0", "table2=false", "dataset.paper.inv_L=30",
+                            f"results_dir={tmp_path}", "progress_seconds=null")
+    row = classical.run(cfg)["table1"]
+    assert row["scale_basis"] == "unclear" and row["scale"] == "none"  # log-nearer: 30 / 2.8 < 410 / 30
+    out = capsys.readouterr().out
+    assert "UNCLEAR" in out and "unit-sum scaled 1/L: 1197.9 all rows" in out and "unscaled 1/L: 2.32658 all rows" in out
+    from lipschitz_lightning.bench.report import generate
+
+    text = generate(tmp_path, tmp_path / "out" / "benchmarks.md")
+    table = [line for line in text.splitlines() if line.startswith("| iris |")][0]
+    assert "unscaled (**unclear**" in table and "1197.9 (unit-sum)" in table
+    assert "iris: **unclear**, the paper's 1/L = 30" in text
+
+
+def test_report_reads_rows_written_before_the_scaling_choice(tmp_path: Path):
+    """Old result rows (no scale columns) stay readable: Table 1 was always unit-sum scaled then."""
+    header = ("dataset,loss,m,n,threshold,L,inv_L,initial_loss,epochs_alpha,epochs_inv_L,ran_alpha,ran_inv_L,"
+              "final_loss_alpha,final_loss_inv_L,increases_alpha,increases_inv_L,seconds_alpha,seconds_inv_L,max_epochs,"
+              "alpha,seed,dtype,paper_threshold,paper_inv_L,paper_epochs_alpha,paper_epochs_inv_L")
+    (tmp_path / "classical_table1.csv").write_text(
+        header + "\niris,softmax_ce,150,4,0.2,0.000834,1197.9,1.098,,3456,20000,5000,1.08,0.168,0,0,102,31,20000,0.1,0,"
+        "float64,0.2,1.902,413,49\n")
+    from lipschitz_lightning.bench.report import generate
+
+    text = generate(tmp_path, tmp_path / "out" / "benchmarks.md")
+    table = [line for line in text.splitlines() if line.startswith("| iris |")][0]
+    assert "unit-sum (always, before the per-row choice)" in table and "| 1197.9 |" in table
+
+
+def test_cli_bad_scaling_is_one_line(tmp_path: Path):
+    proc = run_cli(["dataset=iris", "dataset.table1_scale=unit", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: dataset.table1_scale must be auto, unit_sum or none, got 'unit'"]

@@ -460,6 +460,70 @@ def _int_or(text: Optional[str], fallback: str) -> str:
     return f"{int(value):,}" if value is not None else fallback
 
 
+_SCALE_WORDS = {"unit_sum": "unit-sum", "none": "unscaled"}
+_SCALE_TAGS = {"paper": "the paper's 1/L points to it", "unclear": "**unclear**: the nearer; both shown",
+               "stated": "no paper 1/L: section 7.1's", "config": "set in the config"}
+
+
+def _other_scale(scale: str) -> str:
+    return "none" if scale == "unit_sum" else "unit_sum"
+
+
+def _scaling_cell(r: Dict[str, str], default: str, old: str) -> str:
+    """The row's scaling and how it was chosen; rows written before the choice carry no ``scale_basis`` (``old``)."""
+    scale = r.get("scale") or default
+    basis = r.get("scale_basis") or ""
+    return f"{_SCALE_WORDS.get(scale, scale)} ({_SCALE_TAGS.get(basis, old)})"
+
+
+def _other_inv_cell(r: Dict[str, str], default: str) -> str:
+    other = _other_scale(r.get("scale") or default)
+    value = _num(r.get(f"inv_L_{other}"))
+    if value is None:
+        return "–"
+    return f"{_fmt(value, 6) if math.isfinite(value) else 'invalid'} ({_SCALE_WORDS[other]})"
+
+
+def _match_band(r: Dict[str, str], scale: str) -> Optional[Tuple[float, float, float, float, float]]:
+    """``(all rows, 70% split, low, high, spread)``: the 1/L values and the band the paper's figure must fall in."""
+    whole, split = _num(r.get(f"inv_L_{scale}")), _num(r.get(f"split_inv_L_{scale}"))
+    if whole is None or split is None or not (math.isfinite(whole) and math.isfinite(split)) or min(whole, split) <= 0:
+        return None
+    lo, hi = min(whole, split), max(whole, split)
+    tol = hi / lo - 1
+    return whole, split, lo / (1 + tol), hi * (1 + tol), tol
+
+
+def _scaling_reading(r: Dict[str, str]) -> Optional[str]:
+    """Which scaling a Table 1 row ran with and why, from the row's numbers (None for rows before the choice)."""
+    scale, basis = r.get("scale"), r.get("scale_basis")
+    if not scale or not basis:
+        return None
+    paper = _num(r.get("paper_inv_L"))
+
+    def band_words(s: str) -> str:
+        band = _match_band(r, s)
+        if band is None:
+            return f"the {_SCALE_WORDS[s]} bound is not usable"
+        whole, split, lo, hi, tol = band
+        return (f"{_SCALE_WORDS[s]} 1/L = {_fmt(whole, 5)} (all rows) / {_fmt(split, 5)} (70% split), "
+                f"match band {_fmt(lo, 3)} to {_fmt(hi, 3)}")
+
+    both = "; ".join(band_words(s) for s in ("unit_sum", "none"))
+    word = _SCALE_WORDS.get(scale, scale)
+    if basis == "stated":
+        return f"{r['dataset']}: {word}, the scaling the paper states (section 7.1); no paper 1/L to check it against ({both})."
+    if basis == "config":
+        return f"{r['dataset']}: {word}, set in the config ({both}; paper {_fmt(paper, 5) if paper else '–'})."
+    if basis == "paper":
+        text = (f"{r['dataset']}: {word}, because the paper's 1/L = {_fmt(paper, 5)} falls in the {word} band only ({both}).")
+        if scale == "none":
+            text += " The paper says every column is scaled to sum to 1 (section 7.1); its own figure for this row says it was not."
+        return text
+    return (f"{r['dataset']}: **unclear**, the paper's 1/L = {_fmt(paper, 5)} falls in both bands or in neither ({both}); "
+            f"the row ran {word}, the nearer one.")
+
+
 def _classical_section(results: Path, img: Path, out_dir: Path) -> List[str]:
     t1, t2 = _read_csv(results / "classical_table1.csv"), _read_csv(results / "classical_table2.csv")
     curves = _read_csv(results / "classical_curves.csv")
@@ -467,30 +531,40 @@ def _classical_section(results: Path, img: Path, out_dir: Path) -> List[str]:
         return []
     lines = ["## Classical models (paper Tables 1 and 2, Figure 1)", "",
              "Full-batch gradient descent at alpha = 0.1 against alpha = 1/L, same initial weights "
-             "(`python -m lipschitz_lightning.classical dataset=<name>`). Table 1: every column of X (and the "
-             "intercept's column of ones) scaled to sum to 1, 1/L from the whole data set, epochs until the "
-             "full-batch loss is below T_L. Ours beside the paper's.", "",
-             "| data set | loss | m x n | T_L | 1/L (ours) | E_0.1 (ours) | E_1/L (ours) | 1/L (paper) | E_0.1 (paper) | E_1/L (paper) | 1/L run: loss went up at |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(`python -m lipschitz_lightning.classical dataset=<name>`). Table 1: 1/L from the whole data set, "
+             "epochs until the full-batch loss is below T_L, ours beside the paper's. The paper says every column "
+             "of X is scaled to sum to 1 (section 7.1), but not every one of its Table 1 figures is that of the "
+             "scaled data, so each row runs with the scaling its paper 1/L points to (`dataset.table1_scale: auto`): "
+             "the paper's figure matches a scaling when it lies between 1/L of the 70% training split and of all "
+             "rows, widened by that same spread (how much 1/L moves with the rows used; it is computed from the data). "
+             "The other scaling's 1/L is shown beside it.", "",
+             "| data set | loss | m x n | T_L | scaling | 1/L (ours) | E_0.1 (ours) | E_1/L (ours) | 1/L (paper) | E_0.1 (paper) | E_1/L (paper) | 1/L other scaling | 1/L run: loss went up at |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in t1:
         inv = _num(r.get("inv_L"))
         lines.append(
-            f"| {r['dataset']} | {r['loss']} | {r['m']} x {r['n']} | {r['threshold']} | "
+            f"| {r['dataset']} | {r['loss']} | {r['m']} x {r['n']} | {r['threshold']} | {_scaling_cell(r, 'unit_sum', 'always, before the per-row choice')} | "
             f"{_fmt(inv, 6) if inv is not None and math.isfinite(inv) else 'invalid (L = ' + _fmt(_num(r.get('L')), 4) + ')'} | "
             f"{_int_or(r.get('epochs_alpha'), 'not reached in ' + _int_or(r.get('ran_alpha'), '?'))} | "
             f"{_int_or(r.get('epochs_inv_L'), 'not reached in ' + _int_or(r.get('ran_inv_L'), '?') if r.get('ran_inv_L') else '–')} | "
             f"{r.get('paper_inv_L') or '–'} | {_int_or(r.get('paper_epochs_alpha'), '–')} | {_int_or(r.get('paper_epochs_inv_L'), '–')} | "
+            f"{_other_inv_cell(r, 'unit_sum')} | "
             f"{_int_or(r.get('increases_inv_L'), '–')} of {_int_or(r.get('ran_inv_L'), '–')} epochs |")
+    scaling = [x for x in (_scaling_reading(r) for r in t1) if x]
+    if scaling:
+        lines += ["", "**Scaling per row** (generated from the table's numbers):", ""] + [f"- {x}" for x in scaling]
     if t2:
         lines += ["", "Table 2: test accuracy after N_E epochs (70/30 stratified split, MNIST its official one; 1/L "
-                  "from the training split; `scale` says whether the features were unit-sum scaled).", "",
-                  "| data set | N_E | scale | 1/L (ours) | acc 0.1 (ours) | acc 1/L (ours) | 1/L (paper) | acc 0.1 (paper) | acc 1/L (paper) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "from the training split; `scaling` says whether the features were unit-sum scaled, the paper's "
+                  "1/L is its Table 2 figure).", "",
+                  "| data set | N_E | scaling | 1/L (ours) | acc 0.1 (ours) | acc 1/L (ours) | 1/L (paper) | acc 0.1 (paper) | acc 1/L (paper) | 1/L other scaling |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in t2:
             pa, pl_ = _num(r.get("paper_acc_alpha")), _num(r.get("paper_acc_inv_L"))
-            lines.append(f"| {r['dataset']} | {r['accuracy_epochs']} | {r.get('scale', '')} | {_fmt(_num(r['inv_L']), 6)} | "
+            lines.append(f"| {r['dataset']} | {r['accuracy_epochs']} | {_scaling_cell(r, 'unit_sum', _SCALE_TAGS['config'])} | {_fmt(_num(r['inv_L']), 6)} | "
                          f"{_fmt_pct(_num(r['acc_alpha']) or float('nan'))} | {_fmt_pct(_num(r['acc_inv_L']) or float('nan'))} | "
-                         f"{r.get('paper_inv_L') or '–'} | {_fmt_pct(pa) if pa is not None else '–'} | {_fmt_pct(pl_) if pl_ is not None else '–'} |")
+                         f"{r.get('paper_inv_L') or '–'} | {_fmt_pct(pa) if pa is not None else '–'} | {_fmt_pct(pl_) if pl_ is not None else '–'} | "
+                         f"{_other_inv_cell(r, 'unit_sum')} |")
     done = {r["dataset"] for r in t1} | {r["dataset"] for r in t2}
     missing, pending = [], []
     for path in sorted((CONF / "classical" / "dataset").glob("*.yaml")):
