@@ -8,11 +8,14 @@ rate alpha = 0.1 against alpha = 1/L, L the closed-form constant of the model's 
 
 For one data set (``conf/classical/dataset/<name>.yaml``):
 
-* **Table 1**: X (with a column of ones for the intercept) has every column scaled to sum to 1
-  (:func:`~lipschitz_lightning.math.bounds.scale_columns_to_unit_sum`), ``1/L`` is computed once
-  from the whole scaled set (:data:`CONSTANTS`, the functions of :mod:`lipschitz_lightning.math.bounds`),
+* **Table 1**: X (with a column of ones for the intercept) is scaled as the paper's own 1/L for
+  the row points to (:func:`choose_scale`): every column to sum to 1
+  (:func:`~lipschitz_lightning.math.bounds.scale_columns_to_unit_sum`, the paper's section 7.1),
+  or not at all (the paper's iris figure is the unscaled bound). ``1/L`` is computed once from
+  the whole set (:data:`CONSTANTS`, the functions of :mod:`lipschitz_lightning.math.bounds`),
   and gradient descent runs from the same initial weights at both rates until the full-batch
-  loss is below the threshold ``T_L``: the epochs taken are ``E_alpha`` and ``E_1/L``.
+  loss is below the threshold ``T_L``: the epochs taken are ``E_alpha`` and ``E_1/L``. A line
+  of progress (epoch, loss, target) comes every ``progress_seconds`` (10 s) of a descent.
 * **Figure 1**: the loss of every epoch of both runs (the ``1/L`` run continues to
   ``curve_epochs``), and how often it went up (oscillation).
 * **Table 2**: 1/L from the training split (70%, or the official split), test accuracy after

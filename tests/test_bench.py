@@ -257,8 +257,10 @@ def test_report_classical_section_from_tables(tmp_path: Path):
              for rate, k in (("alpha", 1e-4), ("inv_L", 1.0)) for e in range(50)])
     text = generate(results, tmp_path / "docs" / "benchmarks.md")
     assert "## Classical models" in text
-    assert "| breast_cancer | bce | 569 x 30 | 0.69 | 5000 | 41,000 | 1 | 4280.23 | 37,008 | 2 | 0 of 5,000 epochs |" in text
-    assert "invalid (L = -1.1)" in text and "| iris | 200 | none | 2.1 | 90.00 | 95.00 |" in text
+    # Rows without the scale columns (written before the per-row scaling choice) read as before.
+    assert ("| breast_cancer | bce | 569 x 30 | 0.69 | unit-sum (always, before the per-row choice) | 5000 | 41,000 | 1 | "
+            "4280.23 | 37,008 | 2 | – | 0 of 5,000 epochs |") in text
+    assert "invalid (L = -1.1)" in text and "| iris | 200 | unscaled (set in the config) | 2.1 | 90.00 | 95.00 |" in text
     assert "breast_cancer: 1/L = 5000 reaches T_L in 1 epochs against 41,000 at 0.1" in text
     assert "Not run: their files need a download" in text and "california_housing" in text
     assert "Not run yet (the data is here" in text and "wine" in text

@@ -152,6 +152,7 @@ def _inv_l_unscaled(name: str, rows=None) -> float:
     return 1 / float(softmax_regression_constant(x, int(y.max()) + 1))
 
 
+@pytest.mark.slow
 def test_cli_prints_progress_lines_every_n_epochs(tmp_path: Path):
     proc = run_cli(["dataset=iris", "max_epochs=30", "curve_epochs=5", "table2=false", "progress_every=10",
                     "progress_seconds=null", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
@@ -252,6 +253,7 @@ def test_report_reads_rows_written_before_the_scaling_choice(tmp_path: Path):
     assert "unit-sum (always, before the per-row choice)" in table and "| 1197.9 |" in table
 
 
+@pytest.mark.slow
 def test_cli_bad_scaling_is_one_line(tmp_path: Path):
     proc = run_cli(["dataset=iris", "dataset.table1_scale=unit", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 2
