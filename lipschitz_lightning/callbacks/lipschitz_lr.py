@@ -25,7 +25,10 @@ epoch's training loss turns non-finite or its mean or end rises above ``guard_lo
 noise (``guard_loss_z`` standard errors; ``math.guard.loss_rose``), or the
 head input's norm collapses below ``guard_collapse`` times its start, the weights and optimizer
 state of the epoch's start are restored and the next epoch runs at ``guard_shrink`` times the
-failed rate, which also caps every later rate.
+largest rate of the failed epoch (in the first epoch at most the rule's rate for the initial
+weights, and with the first-epoch checks again), ``math.guard.retry_rate``. That rate caps the later
+ones, a ceiling that each healthy epoch lifts by ``guard_lift`` until the rule's rate no longer
+reaches it, when it is removed (``math.guard.lift_ceiling``).
 
 Logged once per epoch (through ``pl_module.log``, so they reach the logger and
 ``trainer.callback_metrics``):
@@ -39,7 +42,9 @@ Logged once per epoch (through ``pl_module.log``, so they reach the logger and
   decay included) over this epoch's bound; the theory holds while it stays <= 1,
 * ``lipschitz/capped`` and ``lipschitz/bound_invalid`` -- 1 when a safety cap bound, or when the
   bound was non-positive/NaN/inf and the previous rate was kept,
-* ``lipschitz/rollbacks`` -- (guard on) the number of epochs rolled back so far.
+* ``lipschitz/rollbacks`` -- (guard on) the number of epochs rolled back so far,
+* ``lipschitz/ceiling_bound`` -- (guard on) 1 when the coming epoch's rate is held at the guard's
+  ceiling (after a rollback, or because the rule's rate is above the ceiling).
 
 Example::
 
@@ -78,7 +83,7 @@ from lipschitz_lightning.math.rules import (
     next_rate,
     time_decay,
 )
-from lipschitz_lightning.math.guard import loss_rose, mean_and_se
+from lipschitz_lightning.math.guard import lift_ceiling, loss_rose, mean_and_se, retry_rate
 from lipschitz_lightning.math.statistics import HeadStats
 
 __all__ = ["LipschitzLR", "LipschitzLRError", "check_optimizer", "find_head"]
@@ -162,6 +167,9 @@ class LipschitzLR(HeadGathering, pl.Callback):
         guard_snapshot: keep the epoch-start weights and optimizer state on the ``"device"``
             (fast) or on the ``"cpu"`` (for models whose copy does not fit next to them).
         max_rollbacks: consecutive rollbacks after which the run stops with a ``LipschitzLRError``.
+        guard_lift: after a rollback, each healthy epoch multiplies the guard's ceiling by this
+            until the rule's rate no longer reaches it, and then removes it; 1: the ceiling stays
+            for the rest of the run.
         first_epoch_checks: re-check the first epoch's rate at its optimizer steps 1, 2, 4, 8, ...
             on the statistics so far, lowering it when the features grew (one host sync each,
             first epoch only); ``None``: the rule's default (on for gradbound, smooth, curvature).
@@ -199,6 +207,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         guard_shrink: float = 0.25,
         guard_snapshot: str = "device",
         max_rollbacks: int = 5,
+        guard_lift: float = 2.0,
         first_epoch_checks: Optional[bool] = None,
         first_epoch_growth: Optional[float] = None,
     ) -> None:
@@ -248,6 +257,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
             raise ValueError(f"LipschitzLR: guard_collapse must be in [0, 1); got {guard_collapse!r}")
         if not (_is_positive_number(guard_shrink) and guard_shrink < 1):
             raise ValueError(f"LipschitzLR: guard_shrink must be in (0, 1); got {guard_shrink!r}")
+        if not (_is_positive_number(guard_lift) and guard_lift >= 1):
+            raise ValueError(f"LipschitzLR: guard_lift must be a number >= 1 (1: never lift the ceiling); got {guard_lift!r}")
         if guard_snapshot not in SNAPSHOTS:
             raise ValueError(f"LipschitzLR: guard_snapshot must be one of {list(SNAPSHOTS)}; got {guard_snapshot!r}")
 
@@ -273,6 +284,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self.guard_shrink = float(guard_shrink)
         self.guard_snapshot = guard_snapshot
         self.max_rollbacks = max_rollbacks
+        self.guard_lift = float(guard_lift)
         self.first_epoch_checks = entry.first_epoch_checks if first_epoch_checks is None else bool(first_epoch_checks)
         self.first_epoch_growth = entry.first_epoch_growth if first_epoch_growth is None else float(first_epoch_growth)
         self._layout_needs = entry.statistics
@@ -284,6 +296,11 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self.rollbacks = 0
         self._consecutive_rollbacks = 0
         self._ceiling: Optional[float] = None  # the guard's cap after a rollback
+        self._ceiling_bound = False  # the coming epoch's rate is held at the ceiling
+        self._epoch_max_lr: Optional[float] = None  # the largest rate in force in this epoch so far
+        # The rule's plain rate on the first step's statistics (the weights the epoch started
+        # from) in an epoch with first-epoch checks: the most a retry of that epoch may run at.
+        self._start_rate: Optional[float] = None
         self._loss_reference: Optional[float] = None  # the last accepted epoch's final loss
         self._loss_reference_se = 0.0  # and its standard error
         self._initial_loss: Optional[float] = None  # the run's first step loss (the guard's scale)
@@ -372,6 +389,9 @@ class LipschitzLR(HeadGathering, pl.Callback):
         else:
             self._discard_in_flight()
         self._epoch_finished = False
+        if not self._restored_mid_epoch:
+            self._epoch_max_lr = self.lr
+            self._start_rate = None
         # The guard's snapshot of the epoch's start; none for an epoch resumed mid-way.
         self._snapshot = self._take_snapshot(trainer, pl_module) if self.guard and not self._restored_mid_epoch else None
         self._restored_mid_epoch = False
@@ -415,7 +435,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         last = batch_idx + 1 == trainer.num_training_batches
         if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or last:
             self._commit_step()
-            if (finish and self.first_epoch_checks and self.epochs_done == 0 and not last
+            if (finish and self.first_epoch_checks and self._accepted_epochs == 0 and not last
                     and _is_power_of_two(len(self._steps))):
                 self._check_first_epoch_rate(trainer, pl_module)
         if last and finish:
@@ -502,15 +522,24 @@ class LipschitzLR(HeadGathering, pl.Callback):
         plain = self._first_update(bound)
         if not (bounds.is_valid_bound(plain) and bounds.is_valid_bound(bound.L)):
             return
+        if len(self._steps) == 1:
+            self._start_rate = float(plain)
         base, gain = self._first_epoch
         if self.first_epoch_growth is not None and _steady(stats):
             full, _ = next_rate(self.rule, RuleState(), bound, self._hyper)
             gain = min(gain * self.first_epoch_growth, max(1.0, full / plain))
         base = min(base, plain)
         self._first_epoch = (base, gain)
-        if base * gain != self.lr:
-            self.lr = float(base * gain)
+        lr = base * gain if self._ceiling is None else min(base * gain, self._ceiling)
+        if lr != self.lr:
+            self.lr = float(lr)
+            self._epoch_max_lr = max(self._epoch_max_lr or 0.0, self.lr)
             self._write_lr(trainer, self.lr)
+
+    @property
+    def _accepted_epochs(self) -> int:
+        """Epochs finished and not rolled back (0 while the first epoch is being retried)."""
+        return self.epochs_done - self.rollbacks
 
     def _finish_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Gather, reduce, compute the next rate, write it and log (once per epoch)."""
@@ -525,10 +554,16 @@ class LipschitzLR(HeadGathering, pl.Callback):
         used_lr = self.lr
         failure = self._guard_failure(stats) if self.guard else None
         invalid = capped = False
+        self._ceiling_bound = False
         if failure is not None:
-            self._roll_back(trainer, pl_module, failure)
-            new_lr = used_lr * self.guard_shrink
+            first = self._accepted_epochs == 0
+            failed_max = max(used_lr, self._epoch_max_lr or used_lr)
+            new_lr = retry_rate(failed_max, self.guard_shrink, self._start_rate if first else None)
+            self._roll_back(trainer, pl_module, failure, new_lr)
             self._ceiling = new_lr
+            self._ceiling_bound = True
+            if first:  # the retry is a first epoch again: its checks start from the retry's rate
+                self._first_epoch = (new_lr, 1.0)
         else:
             self._consecutive_rollbacks = 0
             if stats.step_losses:
@@ -547,6 +582,9 @@ class LipschitzLR(HeadGathering, pl.Callback):
                 new_lr = self.lr
             else:
                 self.state = new_state
+                # A healthy epoch lifts the guard's ceiling (removed once the rule's rate is below it).
+                self._ceiling = lift_ceiling(self._ceiling, new_lr, self.guard_lift)
+                self._ceiling_bound = self._ceiling is not None and new_lr > self._ceiling
                 max_lr = self.max_lr if self._ceiling is None else min(self.max_lr or math.inf, self._ceiling)
                 new_lr, capped = apply_caps(new_lr, self.lr, max_lr, self.max_growth)
                 if capped:
@@ -572,10 +610,12 @@ class LipschitzLR(HeadGathering, pl.Callback):
             metrics[f"lipschitz/{name}"] = getattr(self.state, name)
         if self.guard:
             metrics["lipschitz/rollbacks"] = float(self.rollbacks)
+            metrics["lipschitz/ceiling_bound"] = float(self._ceiling_bound)
         if self._rule.bounds_gradient and math.isfinite(stats.grad_max) and bounds.is_valid_bound(bound.L):
             metrics["lipschitz/grad_max_over_L"] = stats.grad_max / bound.L
         raw = {"K_z": stats.k_z, "S": stats.s, "K_a": stats.k_a, "y_norm": stats.y_norm, "W": stats.w_max,
-               "grad_max": stats.grad_max, "m": stats.m}
+               "grad_max": stats.grad_max, "m": stats.m,
+               "ceiling": self._ceiling if self._ceiling is not None else math.nan}
         self.last_stats = dict(raw, **{k.split("/")[1]: v for k, v in metrics.items()})
         with warnings.catch_warnings():
             # The values are identical on every rank: no need for Lightning's sync_dist advice.
@@ -642,7 +682,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
                 return f"the head input's norm collapsed from {start:.4g} to {end:.4g}"
         return None
 
-    def _roll_back(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reason: str) -> None:
+    def _roll_back(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reason: str, retry_lr: float) -> None:
         snapshot = self._snapshot
         with torch.no_grad():
             pl_module.load_state_dict(snapshot["model"])
@@ -658,7 +698,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
             )
         rank_zero_warn(
             f"LipschitzLR guard: in epoch {trainer.current_epoch} {reason}; restored the weights and optimizer "
-            f"state of its start and retrying at lr={self.lr * self.guard_shrink:.6g}"
+            f"state of its start and retrying at lr={retry_lr:.6g}"
         )
 
     # ------------------------------------------------------------------ checkpointing
@@ -675,6 +715,9 @@ class LipschitzLR(HeadGathering, pl.Callback):
             "rollbacks": self.rollbacks,
             "consecutive_rollbacks": self._consecutive_rollbacks,
             "ceiling": self._ceiling,
+            "ceiling_bound": self._ceiling_bound,
+            "epoch_max_lr": self._epoch_max_lr,
+            "start_rate": self._start_rate,
             "loss_reference": self._loss_reference,
             "loss_reference_se": self._loss_reference_se,
             "initial_loss": self._initial_loss,
@@ -695,6 +738,10 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self.rollbacks = int(state_dict.get("rollbacks", 0))
         self._consecutive_rollbacks = int(state_dict.get("consecutive_rollbacks", 0))
         self._ceiling = state_dict.get("ceiling")
+        # Read with .get: checkpoints from before the ceiling's lift lack these.
+        self._ceiling_bound = bool(state_dict.get("ceiling_bound", False))
+        self._epoch_max_lr = state_dict.get("epoch_max_lr", self.lr)
+        self._start_rate = state_dict.get("start_rate")
         self._loss_reference = state_dict.get("loss_reference")
         self._loss_reference_se = float(state_dict.get("loss_reference_se") or 0.0)
         self._initial_loss = state_dict.get("initial_loss")

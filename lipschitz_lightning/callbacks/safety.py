@@ -12,6 +12,7 @@ are non-finite.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
@@ -75,11 +76,24 @@ class StopOnNonFinite(pl.Callback):
     @staticmethod
     def _stop(trainer: pl.Trainer, pl_module: pl.LightningModule, what: str) -> None:
         lrs = sorted({float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups})
+        saved = _latest_checkpoint(trainer)
+        where = (f"the last finite epoch is in {saved}" if saved is not None
+                 else "no checkpoint was written before it (nothing to resume)")
         raise NonFiniteError(
             f"{what} became NaN or infinite in epoch {trainer.current_epoch + 1} (step {trainer.global_step}) "
             f"at learning rate {', '.join(f'{lr:.4g}' for lr in lrs)}: try a smaller rate (optim.optimizer.lr=), "
-            "a LipschitzLR optim (optim=sgd), or standardised inputs; the last finite epoch is in checkpoints/last.ckpt"
+            f"a LipschitzLR optim (optim=sgd), or standardised inputs; {where}"
         )
+
+
+def _latest_checkpoint(trainer: pl.Trainer) -> Optional[str]:
+    """The newest checkpoint file of this run that exists: what the checkpoint callbacks wrote (their
+    last and best paths), or the checkpoint the run resumed from; ``None`` if there is none."""
+    candidates = {getattr(trainer, "ckpt_path", None)}
+    for callback in trainer.checkpoint_callbacks:
+        candidates.update({getattr(callback, "last_model_path", None), getattr(callback, "best_model_path", None)})
+    existing = [str(p) for p in candidates if p and os.path.isfile(str(p))]
+    return max(existing, key=os.path.getmtime) if existing else None
 
 
 class OnExceptionCheckpoint(pl.callbacks.OnExceptionCheckpoint):

@@ -12,6 +12,16 @@ scatter and the run fails after ``max_rollbacks`` retries (measured: digits MLP,
 benchmark, reference 0.027, every retry's mean about 0.06 at rates down to 2e-4). A rise by more
 than the initial loss is a blow-up whatever the noise (a few steps at a huge loss the epoch then
 recovered from, at chance level, have a large spread but must still fail).
+
+After a rollback (``retry_rate``, ``lift_ceiling``) the retried epoch runs at ``shrink`` times the
+largest rate in force in the failed epoch, and at no more than the rule's own rate for the weights
+it restarts from when that is known (in the first epoch: the rate of its first step's statistics,
+those of the initial weights; the first-epoch checks may have cut the failed epoch's later rates
+from features the failure itself blew up, and a quarter of such a rate is no measure of what the
+restored weights can take). That rate is the guard's ceiling, and each healthy epoch doubles it
+(``factor``) until the rule's rate no longer reaches it; then it is removed. Without the lift a
+ceiling taken from a wrecked first epoch (quickstart at ``lr.first_epoch=1000``: 1.3e-6) held
+every later epoch at a rate that could not train.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence, Tuple
 
-__all__ = ["loss_rose", "mean_and_se"]
+__all__ = ["lift_ceiling", "loss_rose", "mean_and_se", "retry_rate"]
 
 
 def mean_and_se(values: Sequence[float]) -> Tuple[float, float]:
@@ -67,3 +77,38 @@ def loss_rose(reference: float, reference_se: float, losses: Sequence[float], fa
         if mean > factor * reference and (rise > z * noise or rise > (factor - 1) * initial):
             risen.append(mean)
     return max(risen) if risen else None
+
+
+def retry_rate(failed_max: float, shrink: float, restored: Optional[float] = None) -> float:
+    """The rate of the epoch retried after a rollback (and the guard's ceiling from then on).
+
+    ``shrink`` times ``failed_max``, the largest rate in force during the failed epoch, but not
+    above ``restored``: the rule's own rate for the weights the retry starts from, when known
+    (``None``, NaN, infinite or non-positive: unknown).
+
+    Example: a first epoch that started at 1000, whose first step's statistics gave the rule's rate
+    0.1: ``retry_rate(1000, 0.25, 0.1) == 0.1``; a later epoch at 0.4: ``retry_rate(0.4, 0.25) == 0.1``.
+    """
+    rate = shrink * failed_max
+    if restored is not None and math.isfinite(restored) and 0 < restored < rate:
+        return float(restored)
+    return float(rate)
+
+
+def lift_ceiling(ceiling: Optional[float], rate: float, factor: float) -> Optional[float]:
+    """The guard's ceiling after a healthy (accepted) epoch whose rule proposes ``rate`` next.
+
+    The ceiling is multiplied by ``factor``; once ``rate`` no longer exceeds the lifted ceiling it
+    does not bind and is removed (``None``). ``factor`` 1 keeps the ceiling for the rest of the run
+    (the guard without the lift). ``None`` stays ``None``.
+
+    Example: ceiling 0.01, factor 2: a rule that proposes 0.05 is capped at 0.02, then 0.04, then
+    (0.05 <= 0.08) the ceiling is gone: ``lift_ceiling(0.01, 0.05, 2) == 0.02``,
+    ``lift_ceiling(0.04, 0.05, 2) is None``.
+    """
+    if ceiling is None:
+        return None
+    if factor == 1:
+        return ceiling
+    lifted = ceiling * factor
+    return None if rate <= lifted else lifted
