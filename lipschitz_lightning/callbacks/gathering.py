@@ -368,7 +368,8 @@ def _probe_isolation(pl_module: pl.LightningModule, silence_logging: bool) -> It
     and NumPy's) and every module's Python state are restored on exit; with ``silence_logging``
     (a pass through ``training_step``) ``log`` / ``log_dict`` do nothing meanwhile.
 
-    A module's state is its ``__dict__`` (parameters, buffers and submodules aside): attributes
+    A module's state is its ``__dict__`` (torch's own entries aside: parameters, buffers,
+    submodules, hooks, the training flag): attributes
     rebound are bound back, lists and dicts get their items back (``self.outputs.append(loss)``),
     and the tensor states of torchmetrics metrics (``self.accuracy(logits, y)``) their values,
     in place, so that metrics sharing state (a MetricCollection's compute groups) still share it.
@@ -394,7 +395,9 @@ def _probe_isolation(pl_module: pl.LightningModule, silence_logging: bool) -> It
                 _restore_module_state(module, state)
 
 
-_MODULE_SLOTS = ("_parameters", "_buffers", "_modules")
+# What nn.Module keeps in every module's __dict__ (parameters, buffers, submodules, hooks, the
+# training flag): torch's own bookkeeping, left alone.
+_MODULE_SLOTS = frozenset(vars(nn.Module()))
 
 
 def _module_state(module: nn.Module) -> Dict[str, Tuple[Any, Any]]:
