@@ -29,11 +29,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 import shlex
 import signal
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -49,13 +47,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback as HydraCallback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lipschitz_lightning.callbacks import LipschitzLRError, NonFiniteError, check_optimizer, find_head
 from lipschitz_lightning.app import help as _help  # noqa: F401 - registers --help's training_groups resolver
 from lipschitz_lightning.app.noise import NOISE_WARNINGS
+from lipschitz_lightning.app import checkpoints, run_folder
 from lipschitz_lightning.configs import config_dir
 from lipschitz_lightning.data import DatasetCorruptError, DatasetNotFoundError
 
@@ -64,7 +63,7 @@ __all__ = ["ConfigError", "ReportFailedJobs", "main", "train"]
 log = logging.getLogger(__name__)
 
 # Failures that are the user's to fix: main() prints their message as one line (exit status 2).
-USER_ERRORS = (LipschitzLRError, DatasetNotFoundError, DatasetCorruptError, NonFiniteError)
+USER_ERRORS = (LipschitzLRError, DatasetNotFoundError, DatasetCorruptError, NonFiniteError, checkpoints.CheckpointSaveError)
 
 
 
@@ -76,49 +75,10 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------- run folders
 
 
-def new_run_dir(runs_dir: str, resume: Optional[str] = None, ckpt_path: Optional[str] = None) -> str:
-    """The folder of this run: ``resume``'s, the run that holds ``ckpt_path``, or a new one.
-
-    A new folder is ``<runs_dir>/<date>_<time>_<4 hex>``, created here (``os.makedirs`` without
-    ``exist_ok`` is the atomic claim), so two runs started in the same second never share one.
-    Inside a SLURM job it is ``slurm-<job id>``: a requeued job finds its folder and Lightning's
-    ``hpc_ckpt`` in it. Used as ``hydra.run.dir`` through the ``run_dir`` resolver.
-    """
-    if resume:
-        return str(Path(resume).expanduser().absolute())
-    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints" and (Path(ckpt_path).parents[1] / ".hydra").is_dir():
-        return str(Path(ckpt_path).expanduser().absolute().parents[1])
-    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-    if job and os.environ.get("SLURM_ARRAY_TASK_ID") and os.environ.get("SLURM_ARRAY_JOB_ID"):
-        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    for _ in range(100):
-        name = f"slurm-{job}" if job else time.strftime("%Y-%m-%d_%H-%M-%S_") + secrets.token_hex(2)
-        path = Path(runs_dir) / name
-        try:
-            path.mkdir(parents=True, exist_ok=bool(job))
-        except FileExistsError:
-            continue
-        except OSError as error:
-            sys.stderr.write(f"error: cannot create the run folder {path} ({error.strerror}); "
-                             f"set paths.log_dir to a writable folder\n")
-            sys.exit(2)
-        return str(path)
-    raise RuntimeError(f"no free run folder name in {runs_dir}")
-
-
-_RUN_DIRS: Dict[tuple, str] = {}
-
-
-def _run_dir_resolver(runs_dir: str, resume: Optional[str] = None, ckpt_path: Optional[str] = None) -> str:
-    # Hydra (and Lightning, when it re-launches DDP processes) read hydra.run.dir more than once:
-    # one folder per process and arguments.
-    key = (runs_dir, resume, ckpt_path)
-    if key not in _RUN_DIRS:
-        _RUN_DIRS[key] = new_run_dir(runs_dir, resume, ckpt_path)
-    return _RUN_DIRS[key]
-
-
-OmegaConf.register_new_resolver("run_dir", _run_dir_resolver, replace=True)
+# new_run_dir names a run's folder (hydra.run.dir through the run_dir resolver); run_folder also
+# holds the folder's lock and the resolver that defers .hydra/ until the run is accepted.
+new_run_dir = run_folder.new_run_dir
+_run_dir_resolver = run_folder.run_dir_resolver
 
 
 # --------------------------------------------------------------------------- pre-flight checks
@@ -228,13 +188,26 @@ def _check_optimizer(cfg: DictConfig, optimizer: Any, lipschitz: Any) -> torch.o
     return probe
 
 
+# Optimizer settings that stay as configured during training (the rate itself is LipschitzLR's or a
+# scheduler's): a checkpoint of the same optimizer class with other values is another run.
+OPTIMIZER_SETTINGS = ("momentum", "dampening", "nesterov", "weight_decay", "betas", "eps", "alpha", "centered",
+                      "amsgrad", "maximize", "rho", "lr_decay", "decoupled_weight_decay")
+
+
 def _check_checkpoint(path: str, module: pl.LightningModule, lipschitz: Any, optimizer: torch.optim.Optimizer,
-                      seed: Any) -> None:
-    """The checkpoint exists, is a Lightning checkpoint, and fits this run's model, rule, optimizer and seed."""
+                      datamodule: pl.LightningDataModule, record: checkpoints.ResumeRecord,
+                      max_epochs: Any = None) -> Dict[str, Any]:
+    """The checkpoint exists, holds plain data only (loaded with ``weights_only=True``: no code in
+    it runs), is a Lightning training checkpoint, and fits this run: model, LipschitzLR rule,
+    optimizer class and values, the optim option's settings (:class:`checkpoints.ResumeRecord`),
+    seed and batch size (the datamodule's :meth:`check_resume`), and ``max_epochs`` (not fewer
+    than the checkpoint has trained). Returns the loaded checkpoint."""
     if not os.path.isfile(path):
         raise ConfigError(f"ckpt_path: no such file: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = checkpoints.load(path)
+    except checkpoints.UnsafeCheckpointError as exc:
+        raise ConfigError(f"ckpt_path: {exc}") from None
     except Exception as exc:  # torch.load raises many types on a file that is not a checkpoint
         raise ConfigError(f"ckpt_path: {path} is not a checkpoint ({type(exc).__name__})") from exc
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "loops" not in checkpoint:
@@ -251,9 +224,44 @@ def _check_checkpoint(path: str, module: pl.LightningModule, lipschitz: Any, opt
         raise ConfigError(f"ckpt_path: {path} was trained with LipschitzLR rule {sorted(map(str, rules)) or 'none'}, "
                           f"this run uses {rule or 'no LipschitzLR'}; pass the run's own optim=")
     saved_groups = [s.get("param_groups", [{}])[0] for s in checkpoint.get("optimizer_states", [])]
-    if saved_groups and set(saved_groups[0]) - {"params"} != set(optimizer.param_groups[0]) - {"params"}:
-        raise ConfigError(f"ckpt_path: {path} was trained with another optimizer than {type(optimizer).__name__}; "
-                          "pass the run's own optim=")
+    if saved_groups:
+        saved, group = saved_groups[0], optimizer.param_groups[0]
+        if set(saved) - {"params", "initial_lr"} != set(group) - {"params", "initial_lr"}:
+            raise ConfigError(f"ckpt_path: {path} was trained with another optimizer than {type(optimizer).__name__}; "
+                              "pass the run's own optim=")
+        plain = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+        differ = [k for k in OPTIMIZER_SETTINGS if k in saved and k in group and plain(saved[k]) != plain(group[k])]
+        if differ:
+            there = ", ".join(f"{k}={saved[k]!r}" for k in differ)
+            here = ", ".join(f"{k}={group[k]!r}" for k in differ)
+            raise ConfigError(f"ckpt_path: {path} was trained with {type(optimizer).__name__}({there}), this run has "
+                              f"{type(optimizer).__name__}({here}); pass the run's own optim= and its overrides")
+    try:
+        record.check(checkpoints.ResumeRecord.find(checkpoint))
+    except ValueError as exc:
+        raise ConfigError(f"ckpt_path: {path}: {exc}; pass the run's own optim= and its overrides") from None
+    _check_datamodule_state(path, checkpoint, datamodule)
+    info = checkpoints.info_of(path, checkpoint)
+    if isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and 0 <= max_epochs < info.epochs_needed:
+        raise ConfigError(f"ckpt_path: {path} has trained {info.epochs_needed} epoch(s) "
+                          f"({info.describe()}); this run has epochs={max_epochs}: resume with "
+                          f"epochs={info.epochs_needed} or more")
+    return checkpoint
+
+
+def _check_datamodule_state(path: str, checkpoint: Dict[str, Any], datamodule: pl.LightningDataModule,
+                            world_size: Optional[int] = None) -> None:
+    """Ask the datamodule whether the checkpoint's data state continues in this run (seed, batch
+    size, process count)."""
+    state = checkpoint.get(type(datamodule).__qualname__)
+    check = getattr(datamodule, "check_resume", None)
+    if isinstance(state, dict) and check is not None:
+        try:
+            check(state, world_size=world_size)
+        except ValueError as exc:
+            raise ConfigError(f"ckpt_path: {path}: {exc}") from None
+        return
+    seed = getattr(datamodule, "seed", None)
     for key, state in checkpoint.items():
         if isinstance(state, dict) and "batches_done" in state and state.get("seed", seed) != seed:
             raise ConfigError(f"ckpt_path: {path} was trained with seed={state['seed']}, this run has seed={seed}; "
@@ -261,23 +269,56 @@ def _check_checkpoint(path: str, module: pl.LightningModule, lipschitz: Any, opt
 
 
 def _resume_path(cfg: DictConfig) -> Optional[str]:
-    """The checkpoint to continue: ``ckpt_path``, or the newest of ``resume``'s run folder."""
+    """The checkpoint to continue: ``ckpt_path``, or the one of ``resume``'s run folder with the
+    most training progress (:func:`checkpoints.pick_resume`: ``last.ckpt`` or ``on_exception.ckpt``;
+    the newest intact one when either is damaged, saying so)."""
     ckpt_path, resume = cfg.get("ckpt_path"), cfg.get("resume")
     if ckpt_path and resume:
         raise ConfigError("give either resume=<run folder> or ckpt_path=<checkpoint>, not both")
     if not resume:
         return str(ckpt_path) if ckpt_path else None
     folder = Path(str(resume)) / "checkpoints"
-    found = [folder / n for n in ("on_exception.ckpt", "last.ckpt") if (folder / n).is_file()]
-    if not found:
-        raise ConfigError(f"resume: no last.ckpt or on_exception.ckpt in {folder}")
-    return str(max(found, key=lambda p: p.stat().st_mtime))
+    try:
+        chosen, note = checkpoints.pick_resume(folder)
+    except FileNotFoundError:
+        raise ConfigError(f"resume: no last.ckpt or on_exception.ckpt in {folder}") from None
+    except ValueError as exc:
+        raise ConfigError(f"resume: {exc}") from None
+    if note:
+        log.warning(note)
+    else:
+        log.info(f"resume: continuing from {chosen.describe()}")
+    return str(chosen.path)
+
+
+def _logging_of_resume(cfg: DictConfig, checkpoint: Optional[Dict[str, Any]]) -> DictConfig:
+    """The config the loggers are built from: for a resumed run, TensorBoard loggers get
+    ``purge_step`` (the step after the checkpoint's), so the points that an interrupted run logged
+    after its checkpoint (a killed epoch, trained again now) are hidden, not shown twice."""
+    if checkpoint is None or not isinstance(cfg.get("logger"), DictConfig):
+        return cfg
+    resumed = cfg.copy()
+    for node in resumed.logger.values():
+        if isinstance(node, DictConfig) and str(node.get("_target_", "")).endswith("TensorBoardLogger"):
+            with open_dict(node):
+                node.setdefault("purge_step", int(checkpoint.get("global_step", 0)) + 1)
+    return resumed
 
 
 def _check_run_folder(cfg: DictConfig, ckpt_path: Optional[str]) -> None:
-    """A new run never continues (or overwrites) another run's checkpoints by accident."""
-    folder = Path(str(OmegaConf.select(cfg, "paths.output_dir") or ".")) / "checkpoints"
-    if ckpt_path or int(os.environ.get("LOCAL_RANK", "0")) != 0 or not folder.is_dir():
+    """This run owns its folder (its lock: a second live run there is refused), and a new run
+    never continues (or overwrites) another run's checkpoints by accident. Temp files of a save
+    that was killed are removed."""
+    run = Path(str(OmegaConf.select(cfg, "paths.output_dir") or "."))
+    folder = run / "checkpoints"
+    if not run_folder.first_process():
+        return
+    try:
+        run_folder.claim(run)
+    except run_folder.FolderInUse as exc:
+        raise ConfigError(str(exc)) from None
+    checkpoints.remove_stale_temps(folder)
+    if ckpt_path or not folder.is_dir():
         return
     if any(folder.glob("*.ckpt")) and not any(folder.parent.glob("hpc_ckpt_*.ckpt")):
         raise ConfigError(f"{folder.parent} already holds a run's checkpoints: continue it with "
@@ -328,8 +369,12 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     elif OmegaConf.select(cfg, "lr.first_epoch") is not None:
         log.warning(f"lr.first_epoch is ignored: optim={_choice(cfg, 'optim')} does not use LipschitzLR")
     probe_optimizer = _check_optimizer(cfg, optimizer, lipschitz)
+    # The settings a resume of this run's checkpoints is checked against (kept in each checkpoint).
+    record = checkpoints.ResumeRecord({"optim": OmegaConf.to_container(cfg.optim, resolve=True)})
+    checkpoint = None
     if ckpt_path:
-        _check_checkpoint(ckpt_path, module, lipschitz, probe_optimizer, datamodule.seed)
+        checkpoint = _check_checkpoint(ckpt_path, module, lipschitz, probe_optimizer, datamodule, record,
+                                       OmegaConf.select(cfg, "trainer.max_epochs"))
     # Missing or corrupt data fails here, before the trainer, a logger or a checkpoint exists
     # (files fetched by one process per machine, as Lightning does; setup() is not repeated in fit).
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
@@ -337,8 +382,13 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     datamodule.setup("fit")
 
     callbacks: List[pl.Callback] = _build_group(cfg, "callbacks") + ([lipschitz] if lipschitz is not None else [])
-    loggers = _build_group(cfg, "logger")
+    callbacks.append(record)
+    loggers = _build_group(_logging_of_resume(cfg, checkpoint), "logger")
     trainer: pl.Trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    if checkpoint is not None:
+        _check_datamodule_state(str(ckpt_path), checkpoint, datamodule, world_size=trainer.world_size)
+        checkpoint = None  # the weights' copy is not needed in fit (Lightning loads the file itself)
+    run_folder.write_deferred_hydra_config(cfg)  # .hydra/ of a resumed run, now that it is accepted
     if loggers and not ckpt_path:
         params: Dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
         params["model/params"] = sum(p.numel() for p in module.parameters())
@@ -350,14 +400,14 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         with _ctrl_c_stops_after_this_batch():
             # ckpt_path=None: Lightning resumes the folder's own checkpoint (there is none in a new run,
             # see _check_run_folder) or, in a requeued SLURM job, its hpc checkpoint.
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update(_as_floats(trainer.callback_metrics))
     if cfg.get("test", True):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
         test_ckpt = best if cfg.get("train", True) else ckpt_path
         if test_ckpt is None:
             log.info("testing the current weights (no best checkpoint)")
-        trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
+        trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
         metrics.update(_as_floats(trainer.callback_metrics))
     metrics = {k: v for k, v in metrics.items() if math.isfinite(v) or k.startswith("lipschitz/")}
     _report(metrics, trainer)

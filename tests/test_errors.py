@@ -54,7 +54,7 @@ BAD_VALUES = [
     pytest.param(["weight_decay=abc"], "error: weight_decay must be a non-negative number; got 'abc'", id="weight-decay-abc"),
     pytest.param(["weight_decay=-0.1"], "error: weight_decay must be a non-negative number; got -0.1", id="negative-wd"),
     pytest.param(["lr.first_epoch=0"], "error: lr.first_epoch must be a positive number or null; got 0", id="zero-first-lr"),
-    pytest.param(["seed=abc"], "error: seed must be an integer or null; got 'abc'", id="seed-abc"),
+    pytest.param(["seed=abc"], "error: seed must be an integer from 0 to 4294967295 or null; got 'abc'", id="seed-abc"),
     pytest.param(["ckpt_path=/nonexistent.ckpt"], "error: ckpt_path: no such file: /nonexistent.ckpt", id="missing-ckpt"),
     pytest.param(["resume=/nonexistent/run"], "error: resume: no last.ckpt or on_exception.ckpt in /nonexistent/run/checkpoints",
                  id="resume-nothing"),

@@ -20,6 +20,8 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torchmetrics import Metric
 
+from lipschitz_lightning.app.checkpoints import CheckpointSaveError
+
 __all__ = ["NonFiniteError", "OnExceptionCheckpoint", "StopOnNonFinite"]
 
 
@@ -117,6 +119,10 @@ class OnExceptionCheckpoint(pl.callbacks.OnExceptionCheckpoint):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, NonFiniteError) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        # A save that failed (full disk, I/O error): another one would fail the same way; its
+        # message names the checkpoint that is intact.
+        if isinstance(exception, CheckpointSaveError):
             return
         if trainer.fit_loop.epoch_loop.batch_progress.total.completed == 0 and trainer.global_step == 0:
             return

@@ -307,14 +307,39 @@ class BaseDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ checkpoint state
 
     def state_dict(self) -> dict[str, Any]:
-        """The seed, the finished batches of an unfinished epoch, and the global random states."""
-        state: dict[str, Any] = {"seed": self.seed, "batches_done": 0, "rng": _rng_states()}
+        """The seed, the batch size and process count, the finished batches of an unfinished
+        epoch, and the global random states."""
         trainer = self.trainer
+        state: dict[str, Any] = {"seed": self.seed, "batches_done": 0, "rng": _rng_states(),
+                                 "batch_size": self.batch_size,
+                                 "world_size": int(trainer.world_size) if trainer is not None else 1}
         if trainer is not None and trainer.training:
             done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
             if done < trainer.num_training_batches:
                 state["batches_done"] = int(done)
         return state
+
+    def check_resume(self, state_dict: dict[str, Any], world_size: int | None = None) -> None:
+        """Whether a checkpoint's datamodule state (:meth:`state_dict`) can continue in this run,
+        checked before anything is written: the same seed, the same batch size and, when
+        ``world_size`` is given, the same number of processes (each decides which samples the
+        rest of the run sees, and the finished batches of an interrupted epoch). Keys an older
+        checkpoint lacks are not checked.
+
+        Raises:
+            ValueError: naming the setting and the value to resume with.
+        """
+        seed = state_dict.get("seed", self.seed)
+        if seed != self.seed:
+            raise ValueError(f"it was trained with seed={seed}, this run has seed={self.seed}: resume with seed={seed}")
+        batch_size = state_dict.get("batch_size", self.batch_size)
+        if batch_size != self.batch_size:
+            raise ValueError(f"it was trained with dataset.batch_size={batch_size}, this run has "
+                             f"dataset.batch_size={self.batch_size}: resume with dataset.batch_size={batch_size}")
+        saved = state_dict.get("world_size")
+        if world_size is not None and saved is not None and int(saved) != int(world_size):
+            raise ValueError(f"it was trained by {saved} process(es) (devices x nodes), this run has {world_size}: "
+                             f"resume with the run's own trainer= and trainer.devices=")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue where :meth:`state_dict` left off (older checkpoints: from the epoch's start).

@@ -24,6 +24,13 @@ class MnistCNN(nn.Module):
     For ``(1, 28, 28)`` inputs and 10 outputs it has 730,346 trainable parameters (the paper's
     "730K"; Keras would report 730,602 because it also counts the 256 BatchNorm running stats).
 
+    BatchNorm normalizes a training batch by its own mean and variance, so the training app
+    refuses ``batch_size=1`` (:attr:`min_batch_size`). A last, partial batch of one sample (the
+    dataset size, or a DDP rank's share, is one more than a multiple of the batch size) has no
+    batch statistics either: it is normalized with the running statistics, as in evaluation, and
+    leaves them as they are (PyTorch's BatchNorm would stop the run; Keras' would turn the sample
+    into a constant).
+
     Args:
         input_shape: ``(C, H, W)``; H and W must be at least 8 (two valid convs, two pools).
         num_outputs: Head size.
@@ -33,6 +40,9 @@ class MnistCNN(nn.Module):
     """
 
     supported_losses: tuple[str, ...] = LOSSES
+    #: Smallest ``batch_size`` it trains with (checked by the training app before anything is built).
+    min_batch_size = 2
+    min_batch_size_reason = "its BatchNorm normalizes each training batch by the batch's own mean and variance"
 
     def __init__(self, input_shape: Sequence[int], num_outputs: int) -> None:
         super().__init__()
@@ -72,4 +82,12 @@ class MnistCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits of shape ``(batch, num_outputs)``."""
-        return self.head(self.features(x))
+        if not (self.training and x.shape[0] == 1):
+            return self.head(self.features(x))
+        for layer in self.features:
+            if isinstance(layer, nn.BatchNorm1d):  # one sample: no batch statistics to normalize with
+                x = nn.functional.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias,
+                                             training=False, eps=layer.eps)
+            else:
+                x = layer(x)
+        return self.head(x)
