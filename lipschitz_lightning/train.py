@@ -123,7 +123,8 @@ VALUE_CHECKS = (
     ("dataset.batch_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
     ("weight_decay", lambda v: _is_number(v) and v >= 0, "a non-negative number"),
     ("lr.first_epoch", lambda v: v is None or (_is_number(v) and v > 0), "a positive number or null"),
-    ("seed", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer or null"),
+    ("seed", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32),
+     "an integer from 0 to 4294967295 or null"),  # numpy's range, as Lightning's seed_everything checks
 )
 
 
@@ -150,6 +151,11 @@ def _build_net(cfg: DictConfig, datamodule: pl.LightningDataModule) -> torch.nn.
             f"{where}: the model is trained with loss {'/'.join(supported)} but the dataset's loss is "
             f"{datamodule.loss!r}; pick a model for this kind of dataset"
         )
+    smallest = getattr(cls, "min_batch_size", 1)  # models whose layers need a batch statistic
+    if datamodule.batch_size < smallest:
+        raise ConfigError(f"{where}: dataset.batch_size={datamodule.batch_size} is too small, the model needs "
+                          f"at least {smallest} samples per batch ({cls.min_batch_size_reason}); use "
+                          f"dataset.batch_size={smallest} or more")
     input_shape = tuple(datamodule.input_shape)
     net = _instantiate(cfg.model, where, input_shape=input_shape, num_outputs=datamodule.num_outputs)
     # One tiny forward pass catches shape mismatches that only show in forward().

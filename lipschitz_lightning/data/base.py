@@ -11,6 +11,7 @@ Targets are int64 class indices for ``softmax_ce`` and float32 of shape ``(N, 1)
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -58,6 +59,36 @@ def verify_md5(path: str | os.PathLike[str], expected: str) -> None:
         raise DatasetCorruptError(
             f"corrupt file: {path} (md5 {actual}, expected {expected}); delete it and download it again"
         )
+
+
+#: The largest seed numpy (and so Lightning's ``seed_everything`` and scikit-learn) accepts.
+MAX_SEED = 2**32 - 1
+
+#: errno values of a write that failed because of the folder, not of the data being written.
+WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+
+
+def ensure_data_dir(path: str | os.PathLike[str], dataset: str) -> None:
+    """Create the data folder ``path`` if needed (before anything is downloaded or extracted into it).
+
+    Raises:
+        DatasetNotFoundError: If ``path`` (or a folder above it) is a file, or it cannot be created;
+            the message names the path and the setting to change.
+    """
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DatasetNotFoundError(
+            f"the {dataset} data folder {path} is a file, not a folder: set paths.data_dir (or dataset.data_dir) "
+            "to the folder that holds the dataset, or to a new folder to put it in"
+        )
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise DatasetNotFoundError(
+            f"cannot create the {dataset} data folder {path} ({error.strerror}"
+            f"{': ' + str(error.filename) if error.filename and str(error.filename) != path else ''}); "
+            "set paths.data_dir (or dataset.data_dir) to a folder that exists or can be created"
+        ) from error
 
 
 # Lightning's loop counters tell which epoch and which batch of it runs; everything random about
@@ -228,8 +259,9 @@ class BaseDataModule(pl.LightningDataModule):
             raise ValueError(f"{name}: batch_size must be an int >= 1; got {batch_size!r}")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"{name}: num_workers must be an int >= 0; got {num_workers!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"{name}: seed must be an int; got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            # numpy's and scikit-learn's generators (splits, generated data) take 0..2**32-1 only.
+            raise ValueError(f"{name}: seed must be an integer from 0 to {MAX_SEED}; got {seed!r}")
         self.data_dir = str(data_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
