@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
+import shlex
+import shutil
 import struct
+import subprocess
+import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +88,61 @@ def write_mnist_raw(root: Path, num_train: int = 12, num_test: int = 6) -> None:
         labels = (np.arange(n) % 10).astype(np.uint8)
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, 28, 28) + images.tobytes())
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + labels.tobytes())
+
+
+def write_cifar10_binary_archive(archive: Path, per_file: int = 4) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Write a ``cifar-10-binary.tar.gz``-style archive (gzip, or xz for a ``.xz`` name) of the binary version."""
+    source = archive.parent / (archive.name + ".source")
+    content = write_cifar10_binary(source, per_file=per_file)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:xz" if archive.suffix == ".xz" else "w:gz") as tar:
+        tar.add(source / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
+    shutil.rmtree(source)
+    return content
+
+
+class RunsAShellCommand:
+    """Unpickled, it runs ``command`` (a booby-trapped dataset file)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def write_booby_trapped_pickle(path: Path, marker: Path) -> None:
+    """A pickle that creates ``marker`` when it is loaded with plain ``pickle.load``."""
+    with open(path, "wb") as handle:
+        pickle.dump({"data": RunsAShellCommand(f"touch {shlex.quote(str(marker))}"), "labels": []}, handle, protocol=2)
+
+
+def _can_write_in(folder: Path) -> bool:
+    probe = folder / ".write-probe"
+    try:
+        probe.write_bytes(b"")
+    except OSError:
+        return False
+    probe.unlink()
+    return True
+
+
+@contextlib.contextmanager
+def unwritable_folder(folder: Path) -> Iterator[bool]:
+    """Make ``folder`` refuse new entries for the duration; yield whether that worked.
+
+    Write permission is taken away (enough for an ordinary user); root ignores permission bits,
+    so as root the folder is also made immutable (``chattr +i``, ext4 and most Linux file
+    systems). Yields False where neither makes it unwritable: the caller skips.
+    """
+    mode = folder.stat().st_mode
+    folder.chmod(0o555)
+    immutable = False
+    try:
+        if _can_write_in(folder) and shutil.which("chattr"):
+            immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        yield not _can_write_in(folder)
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(mode)

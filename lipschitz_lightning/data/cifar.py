@@ -8,11 +8,14 @@ al. 2016: random horizontal flip and a random 32x32 crop of the image zero-padde
 
 Where the files come from, in this order (``prepare_data``):
 
-1. ``<data_dir>/cifar-10-batches-py/`` (or ``cifar-100-python/``): the python version, read by
-   torchvision's own ``CIFAR10`` / ``CIFAR100`` class (which checks its md5s);
+1. ``<data_dir>/cifar-10-batches-py/`` (or ``cifar-100-python/``): the python version (pickles),
+   checked against torchvision's md5 table and read by :func:`read_cifar_python`, which unpickles
+   nothing but the arrays, lists and strings these files hold (a booby-trapped file runs no code);
 2. CIFAR-10 only: ``<data_dir>/cifar-10-batches-bin/``, the official binary version;
 3. CIFAR-10 only: a tar archive of that folder, ``archive=`` or ``<data_dir>/cifar-10-binary.tar*``
-   (``.tar.gz`` as downloaded, or ``.tar.xz``), extracted into ``data_dir``;
+   (``.tar.gz`` as downloaded, or ``.tar.xz``), extracted into ``data_dir`` atomically (into a
+   temporary folder beside it, then renamed into place: a concurrent run sees the whole folder or
+   none and extracts its own copy);
 4. ``torchvision.datasets.CIFAR10/CIFAR100(root=data_dir, download=True)``.
 
 If all fail, :class:`DatasetNotFoundError` says which files to put where. Every file is checked
@@ -22,9 +25,13 @@ version, torchvision's table for the python version.
 
 from __future__ import annotations
 
+import codecs
+import errno
 import os
+import pickle
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +45,8 @@ from lipschitz_lightning.data.base import (
     DatasetCorruptError,
     DatasetNotFoundError,
     ImageTensorDataset,
+    WRITE_ERRNOS,
+    ensure_data_dir,
     random_crop_flip,
     verify_md5,
 )
@@ -100,6 +109,80 @@ def _load_binary(folder: Path, names: Sequence[str], verify: bool) -> tuple[torc
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct as _numpy_reconstruct
+except ImportError:  # pragma: no cover - numpy 1
+    from numpy.core.multiarray import _reconstruct as _numpy_reconstruct
+
+
+def _reconstruct(subtype: type, *args: object) -> np.ndarray:
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"an array of type {subtype!r}")
+    return _numpy_reconstruct(subtype, *args)
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+# The only globals a CIFAR pickle needs: numpy arrays (as numpy 1 and 2 name their reconstructor)
+# and, in files written by Python 3 with protocol 2, bytes spelled as latin-1 text.
+_CIFAR_PICKLE_GLOBALS: dict[tuple[str, str], object] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1,
+}
+
+
+class _CIFARUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return _CIFAR_PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no CIFAR file holds") from None
+
+
+def read_cifar_python(path: str | os.PathLike[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one batch file of the python version (``data_batch_1``, ``test_batch``, ``train``, ...).
+
+    The file is a pickle: it is read with an unpickler that knows numpy arrays, dtypes and plain
+    values only, so a file that would call anything else (``os.system``, ...) is refused without
+    running it.
+
+    Args:
+        path: The batch file.
+        label_key: ``"labels"`` (CIFAR-10) or ``"fine_labels"`` (CIFAR-100).
+
+    Returns:
+        ``(images, labels)``: uint8 ``(N, 3, 32, 32)`` and int64 ``(N,)``.
+
+    Raises:
+        DatasetCorruptError: If the file does not unpickle with those types, or holds no
+            ``data`` (N x 3072 uint8) and ``label_key`` of N labels.
+    """
+    try:
+        with open(path, "rb") as handle:
+            entry = _CIFARUnpickler(handle, encoding="latin1").load()
+    except Exception as error:  # UnpicklingError, EOFError, ValueError, ... of a damaged or foreign file
+        raise DatasetCorruptError(
+            f"corrupt file: {path} (not a CIFAR batch: {error}); replace it with the file from {CIFAR_URL}"
+        ) from None
+    data = entry.get("data") if isinstance(entry, dict) else None
+    labels = entry.get(label_key) if isinstance(entry, dict) else None
+    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _IMAGE_BYTES
+            or not isinstance(labels, list) or len(labels) != data.shape[0]
+            or not all(isinstance(label, int) and not isinstance(label, bool) for label in labels)):
+        raise DatasetCorruptError(
+            f"corrupt file: {path} (no 'data' array of N x {_IMAGE_BYTES} bytes with N {label_key!r}); "
+            f"replace it with the file from {CIFAR_URL}"
+        )
+    return data.reshape(-1, 3, 32, 32).copy(), np.asarray(labels, dtype=np.int64)
+
+
 def channel_means(images: torch.Tensor) -> list[float]:
     """Per-channel mean of uint8 images ``(N, C, H, W)`` in pixel units, computed exactly in int64."""
     count = images.shape[0] * images.shape[2] * images.shape[3]
@@ -155,27 +238,23 @@ class _CIFARDataModule(BaseDataModule):
         return None
 
     def _load_python(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One split of the python version, read (and md5-checked) by torchvision's own class.
+        """One split of the python version: md5-checked against torchvision's table (unless
+        ``verify_checksums=False``), read by :func:`read_cifar_python` (no code runs from a file).
 
         Raises:
-            DatasetCorruptError: naming the file that fails its md5 or does not unpickle.
+            DatasetCorruptError: naming the file that fails its md5 or is no CIFAR batch.
         """
         tv = self.torchvision_class
-        if not self.verify_checksums:  # the same class with its md5 table emptied
-            tv = type(tv.__name__, (tv,), {
-                "train_list": [[name, None] for name, _ in tv.train_list],
-                "test_list": [[name, None] for name, _ in tv.test_list],
-                "meta": {**tv.meta, "md5": None},
-            })
-        try:
-            dataset = tv(root=self.data_dir, train=train, download=False)
-        except Exception as error:  # torchvision: RuntimeError on a failed md5; unpickling garbage: many types
+        if self.verify_checksums:
             for name, md5 in tv.train_list + tv.test_list + [[tv.meta["filename"], tv.meta["md5"]]]:
-                if md5 is not None:
-                    verify_md5(self.python_folder / name, md5)  # names the corrupt file
-            raise DatasetCorruptError(f"corrupt file in {self.python_folder} ({type(error).__name__}: {error})") from error
-        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
-        return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
+                verify_md5(self.python_folder / name, md5)
+        label_key = "labels" if self.num_classes == 10 else "fine_labels"
+        images, labels = [], []
+        for name, _ in tv.train_list if train else tv.test_list:
+            batch_images, batch_labels = read_cifar_python(self.python_folder / name, label_key)
+            images.append(batch_images)
+            labels.append(batch_labels)
+        return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
     def _missing_message(self) -> str:
         return (
@@ -194,9 +273,11 @@ class _CIFARDataModule(BaseDataModule):
         Raises:
             DatasetNotFoundError: If nothing is found and the download fails; chains its error.
         """
-        if self._find_local() is not None or self._acquire_extra():
+        if self._find_local() is not None:
             return
-        os.makedirs(self.data_dir, exist_ok=True)
+        ensure_data_dir(self.data_dir, self.dataset_name)
+        if self._acquire_extra():
+            return
         rank_zero_info(f"{self.dataset_name}: no local copy in {self.data_dir}; trying torchvision download")
         try:
             # torchvision fetches and unpacks the python version (or only unpacks a
@@ -317,25 +398,62 @@ class CIFAR10DataModule(_CIFARDataModule):
         for path in self._binary_archives():
             if not path.is_file():
                 raise DatasetNotFoundError(f"CIFAR-10 archive not found: {path}")
-            rank_zero_info(f"CIFAR-10: extracting {path} into {self.data_dir}")
-            os.makedirs(self.data_dir, exist_ok=True)
-            existed = self.binary_folder.exists()
+            self._extract(path)
+            return True
+        return False
+
+    def _complete(self, folder: Path) -> bool:
+        return all((folder / name).is_file() for name in CIFAR10_BINARY_MD5)
+
+    def _extract(self, path: Path) -> None:
+        """Extract ``path`` into a temporary folder in ``data_dir``, then rename its
+        ``cifar-10-batches-bin/`` into place: ``data_dir`` never holds half a dataset, and two runs
+        extracting at once both end with the same complete folder (the second rename loses, and
+        that run uses the winner's folder)."""
+        data_dir = Path(self.data_dir)
+        rank_zero_info(f"CIFAR-10: extracting {path} into {data_dir}")
+        try:
+            scratch = Path(tempfile.mkdtemp(prefix=".cifar-10-extracting-", dir=data_dir))
+        except OSError as error:
+            raise self._unwritable(path, error) from None
+        try:
             try:
                 with tarfile.open(path, "r:*") as tar:
-                    tar.extractall(self.data_dir, filter="data")
-            except (tarfile.TarError, EOFError, OSError) as error:
-                if not existed:  # no half-extracted folder for the next run to trip over
-                    shutil.rmtree(self.binary_folder, ignore_errors=True)
+                    tar.extractall(scratch, filter="data")
+            except OSError as error:
+                if error.errno in WRITE_ERRNOS and os.path.abspath(str(error.filename)) != os.path.abspath(path):
+                    raise self._unwritable(path, error) from None
                 raise DatasetCorruptError(f"corrupt file: {path} (cannot extract: {error})") from error
-            if self._find_local() != "binary":
-                if not existed:
-                    shutil.rmtree(self.binary_folder, ignore_errors=True)
+            except (tarfile.TarError, EOFError) as error:
+                raise DatasetCorruptError(f"corrupt file: {path} (cannot extract: {error})") from error
+            if not self._complete(scratch / CIFAR10_BINARY_FOLDER):
                 raise DatasetCorruptError(
                     f"corrupt file: {path} (it did not contain {CIFAR10_BINARY_FOLDER}/ with "
                     f"{', '.join(CIFAR10_BINARY_MD5)})"
                 )
-            return True
-        return False
+            try:
+                os.rename(scratch / CIFAR10_BINARY_FOLDER, self.binary_folder)
+            except OSError as error:
+                if not self.binary_folder.is_dir():
+                    raise self._unwritable(path, error) from None
+                if not self._complete(self.binary_folder):  # left there by someone else, not by a run of this code
+                    raise DatasetCorruptError(
+                        f"{self.binary_folder} is incomplete (it lacks some of {', '.join(CIFAR10_BINARY_MD5)}): "
+                        f"delete it and {path} is extracted again"
+                    ) from None
+                rank_zero_info(f"CIFAR-10: {self.binary_folder} was extracted by another run meanwhile; using it")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _unwritable(self, path: Path, error: OSError) -> DatasetNotFoundError:
+        """The archive is fine; the folder it goes into cannot take it (read-only, full, ...)."""
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        return DatasetNotFoundError(
+            f"cannot extract {path} into {os.path.abspath(self.data_dir)} ({error.strerror or error}): "
+            f"{'free some space there' if full else 'the folder is not writable; make it writable'}, or set "
+            f"paths.data_dir to a writable folder and dataset.archive={os.path.abspath(path)} "
+            "(the archive may stay where it is, read-only)"
+        )
 
     def _missing_message(self) -> str:
         root = os.path.abspath(self.data_dir)

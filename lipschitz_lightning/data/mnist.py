@@ -2,21 +2,55 @@
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
 
 import torch
 import torchvision
 from pytorch_lightning.utilities import rank_zero_info
 
 from lipschitz_lightning.data.base import (
+    WRITE_ERRNOS,
     BaseDataModule,
+    DatasetCorruptError,
     DatasetNotFoundError,
     ImageTensorDataset,
+    ensure_data_dir,
     random_affine,
     verify_md5,
 )
 
 MNIST_FILES: tuple[str, ...] = tuple(name for name, _ in torchvision.datasets.MNIST.resources)
+# Bytes per value of the idx format's type codes (third header byte).
+_IDX_ITEM_BYTES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+
+
+def idx_problem(path: str | os.PathLike[str]) -> str | None:
+    """What is wrong with an extracted idx file (``train-images-idx3-ubyte``, ...), or None.
+
+    The header gives the type and every dimension, so the size of a whole file is known: a file
+    cut short (an extraction or a copy that was interrupted) is found without reading it all.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+        if len(magic) < 4 or magic[0] or magic[1] or magic[2] not in _IDX_ITEM_BYTES or not 1 <= magic[3] <= 4:
+            return f"{size} bytes without an idx header" if size else "empty"
+        raw_dims = handle.read(4 * magic[3])
+    if len(raw_dims) < 4 * magic[3]:
+        return f"truncated: {size} bytes, shorter than its own header"
+    dims = [int.from_bytes(raw_dims[i : i + 4], "big") for i in range(0, len(raw_dims), 4)]
+    expected = 4 + len(raw_dims) + math.prod(dims) * _IDX_ITEM_BYTES[magic[2]]
+    if size < expected:
+        return f"truncated: {size} of the {expected} bytes its header announces"
+    if size > expected:
+        return f"{size} bytes, {size - expected} more than its header announces"
+    return None
 
 
 class MNISTDataModule(BaseDataModule):
@@ -67,19 +101,90 @@ class MNISTDataModule(BaseDataModule):
             "(a writable copy: torchvision extracts them beside the .gz files)"
         )
 
+    @property
+    def raw_folder(self) -> Path:
+        return Path(self.data_dir) / "MNIST" / "raw"
+
+    def _check_files(self) -> bool:
+        """Check every extracted file that is there against its header; extract the missing and
+        the damaged ones from their ``.gz`` (md5-checked) beside them. True if all four are there.
+
+        Raises:
+            DatasetCorruptError: naming the damaged file (and its ``.gz`` if that fails its md5 too).
+            DatasetNotFoundError: If an extraction cannot be written (read-only folder, full disk).
+        """
+        raw = self.raw_folder
+        complete = True
+        for url, md5 in torchvision.datasets.MNIST.resources:
+            gz = raw / os.path.basename(url)
+            target = raw / gz.stem
+            problem = idx_problem(target) if target.is_file() else None
+            if target.is_file() and problem is None:
+                continue
+            if not gz.is_file():
+                if problem is not None:
+                    raise DatasetCorruptError(
+                        f"corrupt file: {target} ({problem}); delete it, and put {gz.name} into {raw}/ to have it "
+                        "extracted again (or let the run download it)"
+                    )
+                complete = False
+                continue
+            try:
+                verify_md5(gz, md5)  # a corrupt file is not a missing one
+            except DatasetCorruptError as error:
+                if problem is None:
+                    raise
+                raise DatasetCorruptError(
+                    f"corrupt file: {target} ({problem}), and {gz.name} beside it fails its md5 too; delete both "
+                    "and download them again"
+                ) from error
+            if problem is not None:
+                rank_zero_info(f"MNIST: {target} is damaged ({problem}); extracting it again from {gz.name}")
+            self._extract(gz, target)
+        return complete
+
+    def _extract(self, gz: Path, target: Path) -> None:
+        """Decompress ``gz`` into a temporary file beside ``target``, then rename it into place: a
+        reader (another run) sees the old file or the whole new one, never a part."""
+        try:
+            handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False)
+        except OSError as error:
+            raise self._unwritable(gz, error) from None
+        try:
+            with handle, gzip.open(gz, "rb") as source:
+                shutil.copyfileobj(source, handle, 1 << 20)
+            problem = idx_problem(handle.name)
+            if problem is not None:
+                raise DatasetCorruptError(f"corrupt file: {gz} (it extracts to a file that is {problem})")
+            os.replace(handle.name, target)
+        except OSError as error:
+            if error.errno in WRITE_ERRNOS:
+                raise self._unwritable(gz, error) from None
+            raise DatasetCorruptError(f"corrupt file: {gz} (cannot extract: {error})") from error
+        except (EOFError, zlib.error) as error:
+            raise DatasetCorruptError(f"corrupt file: {gz} (cannot extract: {error})") from error
+        finally:
+            if os.path.exists(handle.name):
+                os.unlink(handle.name)
+
+    def _unwritable(self, gz: Path, error: OSError) -> DatasetNotFoundError:
+        return DatasetNotFoundError(
+            f"cannot extract {gz} in {gz.parent} ({error.strerror or error}): make that folder writable (or free "
+            "space there), or copy MNIST/raw/ into a writable folder and set paths.data_dir to it"
+        )
+
     def prepare_data(self) -> None:
         """Extract or download the files into ``<data_dir>/MNIST/raw`` if they are not there.
 
         Raises:
-            DatasetCorruptError: If a ``.gz`` file is there but fails torchvision's md5.
+            DatasetCorruptError: If a ``.gz`` file is there but fails torchvision's md5, or an
+                extracted file is damaged (truncated) and no good ``.gz`` is there to extract it again.
             DatasetNotFoundError: If the files are missing and cannot be fetched or extracted;
                 chains torchvision's error.
         """
-        raw = os.path.join(self.data_dir, "MNIST", "raw")
-        for url, md5 in torchvision.datasets.MNIST.resources:
-            path = os.path.join(raw, os.path.basename(url))
-            if os.path.isfile(path):
-                verify_md5(path, md5)  # a corrupt file is not a missing one
+        ensure_data_dir(self.data_dir, "MNIST")
+        if self._check_files():
+            return
         try:
             for train in (True, False):
                 torchvision.datasets.MNIST(root=self.data_dir, train=train, download=True)
@@ -87,6 +192,7 @@ class MNISTDataModule(BaseDataModule):
             raise DatasetNotFoundError(self._missing_message()) from error
 
     def _load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_files()
         try:
             dataset = torchvision.datasets.MNIST(root=self.data_dir, train=train, download=False)
         except RuntimeError:
