@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import shlex
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -53,6 +52,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lipschitz_lightning.callbacks import LipschitzLRError, NonFiniteError, check_optimizer, find_head
 from lipschitz_lightning.app import help as _help  # noqa: F401 - registers --help's training_groups resolver
+from lipschitz_lightning.app import signals
 from lipschitz_lightning.app.noise import NOISE_WARNINGS
 from lipschitz_lightning.app import checkpoints, run_folder
 from lipschitz_lightning.configs import config_dir
@@ -444,28 +444,8 @@ def _build_group(cfg: DictConfig, group: str) -> List[Any]:
     return built
 
 
-class _ctrl_c_stops_after_this_batch:
-    """Ctrl-C during fit finishes the running batch, writes the checkpoint and stops, exactly as
-    SIGTERM does (Lightning's handler: it stops at a batch boundary, so the run resumes exactly);
-    a second Ctrl-C interrupts at once."""
-
-    received = False
-
-    def __enter__(self) -> None:
-        type(self).received = False
-        self._previous = signal.getsignal(signal.SIGINT)
-        if self._previous is signal.default_int_handler:
-            signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        type(self).received = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        log.warning("Ctrl-C: stopping after this batch and writing the checkpoint (Ctrl-C again to stop at once)")
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    def __exit__(self, *exc: Any) -> None:
-        if signal.getsignal(signal.SIGINT) == self._handle:
-            signal.signal(signal.SIGINT, self._previous)
+# Ctrl-C during fit: finish the batch, write the checkpoint, stop (lipschitz_lightning.app.signals).
+_ctrl_c_stops_after_this_batch = signals.CtrlCStopsAfterThisBatch
 
 
 @rank_zero_only
@@ -496,17 +476,42 @@ def _resume_command(cfg: DictConfig) -> str:
     return shlex.join([sys.executable, "-m", "lipschitz_lightning.train", *overrides, f"resume={run_dir}"])
 
 
-def _failure_line(cfg: DictConfig, exc: BaseException) -> Optional[tuple]:
-    """``(line, exit status)`` for a failure that is the user's to act on; None for a bug."""
+def _stop_line(cfg: DictConfig, exc: BaseException) -> Optional[tuple]:
+    """``(line, exit status, how)`` when a stop signal ended the run (SIGTERM, Ctrl-C once or twice)."""
     if isinstance(exc, SIGTERMException):
         how = "Ctrl-C" if _ctrl_c_stops_after_this_batch.received else "SIGTERM"
-        status = 130 if how == "Ctrl-C" else 143
-        return f"stopped by {how}; checkpoint written; resume with: {_resume_command(cfg)}", status
+        return (f"stopped by {how}; checkpoint written; resume with: {_resume_command(cfg)}",
+                signals.stop_status(how == "Ctrl-C"), how)
+    # Lightning turns a KeyboardInterrupt during fit (a second Ctrl-C) into sys.exit(1).
     if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 1):
-        return f"interrupted; resume with: {_resume_command(cfg)}", 130
+        return f"interrupted; resume with: {_resume_command(cfg)}", signals.stop_status(True), "Ctrl-C"
+    return None
+
+
+def _failure_line(cfg: DictConfig, exc: BaseException) -> Optional[tuple]:
+    """``(line, exit status)`` for a failure that is the user's to act on; None for a bug."""
+    stop = _stop_line(cfg, exc)
+    if stop is not None:
+        return stop[:2]
     if isinstance(exc, (ConfigError, *USER_ERRORS)):
         return f"error: {exc}", 2
+    peer = signals.peer_failure(exc)
+    if peer is not None:
+        timeout = OmegaConf.select(cfg, "trainer.strategy.timeout.seconds", default=None)
+        return signals.peer_failure_line(peer, timeout, _resume_command(cfg)), 1
     return None
+
+
+def _blocked_stop_line(cfg: DictConfig, resume: str) -> Any:
+    """The line of a DDP rank that a stop signal found blocked on a peer (see signals.StopWatch)."""
+    def line(how: str) -> str:
+        return (f"stopped by {how} while DDP rank {signals.rank()} waited for a peer that stopped answering; "
+                f"no checkpoint of this step; resume with: {resume}")
+    return line
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == hydra.types.RunMode.MULTIRUN
 
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
@@ -514,18 +519,28 @@ def main(cfg: DictConfig) -> Optional[float]:
     """Hydra entry point: run :func:`train`; a user's failure is one line and a non-zero status.
 
     In a multirun the failure is raised for Hydra to record (the sweep goes on; see
-    :class:`ReportFailedJobs`); a single run exits with the status.
+    :class:`ReportFailedJobs`); a single run exits with the status. A stop signal ends the
+    multirun: the job that got it writes its checkpoint and the jobs after it do not run.
     """
+    if _in_multirun() and signals.sweep.stopped_by:
+        raise JobNotRun(f"not run: the multirun was stopped by {signals.sweep.stopped_by}")
     try:
-        metrics = train(cfg)
+        with signals.StopWatch(_blocked_stop_line(cfg, _resume_command(cfg))):
+            metrics = train(cfg)
     except BaseException as exc:  # noqa: B036 - SIGTERM arrives as SystemExit
         failure = _failure_line(cfg, exc)
         if failure is None:
             raise
         line, status = failure
+        if signals.peer_failure(exc) is not None:
+            signals.kill_children()  # the ranks Lightning started: a frozen one would stay
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
-        if HydraConfig.initialized() and HydraConfig.get().mode == hydra.types.RunMode.MULTIRUN:
+        if _in_multirun():
+            stop = _stop_line(cfg, exc)
+            if stop is not None:
+                signals.sweep.stop(stop[2], status)
+                raise JobStopped(f"{status}\n{line}") from None
             raise JobFailed(line) from None
         sys.exit(status)
     name = cfg.get("optimized_metric")
@@ -536,12 +551,26 @@ class JobFailed(RuntimeError):
     """One job of a multirun failed; its line was printed."""
 
 
+class JobStopped(RuntimeError):
+    """A stop signal ended this job of a multirun, and the multirun (``"<status>\\n<line>"``)."""
+
+
+class JobNotRun(RuntimeError):
+    """A job of a multirun after the one a stop signal ended: not run."""
+
+
 class ReportFailedJobs(HydraCallback):
     """A multirun goes on past a failing job and lists the failed ones at the end (exit status 2).
 
     Each failed job leaves ``<job dir>/FAILED`` with its line (launchers may run jobs in other
     processes); the job is recorded as done so that Hydra's sweeper starts the next one.
+
+    A stop signal (SIGTERM, Ctrl-C) ends the multirun instead: the job that got it leaves
+    ``STOPPED`` (its checkpoint is written), the jobs after it are not run (``NOT_RUN``), and the
+    end lists them by their overrides, with the stop's status (143 for SIGTERM, 130 for Ctrl-C).
     """
+
+    MARKERS = {"JobFailed": "FAILED", "JobStopped": "STOPPED", "JobNotRun": "NOT_RUN"}
 
     def __init__(self) -> None:
         self.sweep_dir: Optional[Path] = None
@@ -552,30 +581,60 @@ class ReportFailedJobs(HydraCallback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status != JobStatus.FAILED or not HydraConfig.get().mode == hydra.types.RunMode.MULTIRUN:
             return
-        try:
-            job_return.return_value  # a failed job's return value raises its exception
-        except Exception as error:  # noqa: BLE001 - any job failure is listed
-            # By name: under `python -m` the job raises __main__.JobFailed, not this module's class.
-            line = str(error) if type(error).__name__ == "JobFailed" else f"{type(error).__name__}: {error}"
-        Path(HydraConfig.get().runtime.output_dir, "FAILED").write_text(
+        # Read as a completed job's value: a failed job's value is its exception, raised (and
+        # announced as "Error executing job") by the getter; kept for failures, not for stops.
+        job_return.status = JobStatus.COMPLETED
+        error = job_return.return_value
+        # By name: under `python -m` the job raises __main__.JobFailed, not this module's class.
+        name = type(error).__name__
+        marker = self.MARKERS.get(name, "FAILED")
+        if marker == "FAILED":
+            job_return.status = JobStatus.FAILED
+            try:
+                job_return.return_value
+            except Exception as failure:  # noqa: BLE001 - any job failure is listed
+                error = failure
+        line = str(error) if name in self.MARKERS else f"{type(error).__name__}: {error}"
+        Path(HydraConfig.get().runtime.output_dir, marker).write_text(
             f"{shlex.join(job_return.overrides or [])}\n{line}\n")
         job_return.status = JobStatus.COMPLETED
         job_return.return_value = None
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        failed = sorted(self.sweep_dir.glob("*/FAILED")) if self.sweep_dir else []
-        if not failed:
-            return
-        # Name each failed job by what the sweep varied (the overrides not shared by every job).
+    def _jobs(self, marker: str) -> List[tuple]:
+        """``(job number, what the sweep varied for it, rest of the marker)`` of every job with ``marker``."""
+        assert self.sweep_dir is not None
+        found = sorted(self.sweep_dir.glob(f"*/{marker}"), key=lambda f: (len(f.parent.name), f.parent.name))
+        # Name each job by what the sweep varied (the overrides not shared by every job).
         every = [set(OmegaConf.load(f)) for f in self.sweep_dir.glob("*/.hydra/overrides.yaml")]
         shared = set.intersection(*every) if every else set()
-        sys.stderr.write(f"{len(failed)} job(s) of the multirun failed:\n")
-        for marker in failed:
-            overrides, line = (marker.read_text().splitlines() + ["", ""])[:2]
-            varied = " ".join(o for o in shlex.split(overrides) if o not in shared)
-            sys.stderr.write(f"  job {marker.parent.name} ({varied}): {line}\n")
+        jobs = []
+        for path in found:
+            overrides, *rest = path.read_text().splitlines() or [""]
+            varied = " ".join(o for o in shlex.split(overrides) if o not in shared) or overrides
+            jobs.append((path.parent.name, varied, rest))
+        return jobs
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.sweep_dir is None:
+            return
+        failed, stopped, not_run = (self._jobs(m) for m in ("FAILED", "STOPPED", "NOT_RUN"))
+        if failed:
+            sys.stderr.write(f"{len(failed)} job(s) of the multirun failed:\n")
+            for job, varied, rest in failed:
+                sys.stderr.write(f"  job {job} ({varied}): {(rest + [''])[0]}\n")
+        if stopped:
+            job, varied, rest = stopped[0]
+            status = int(rest[0]) if rest and rest[0].isdigit() else 143
+            how = signals.sweep.stopped_by or ("Ctrl-C" if status == 130 else "SIGTERM")
+            sys.stderr.write(f"the multirun was stopped by {how} in job {job} ({varied}); "
+                             f"{len(not_run)} job(s) did not run:\n")
+            for job, varied, _ in not_run:
+                sys.stderr.write(f"  job {job}: {varied}\n")
+            sys.stderr.flush()
+            sys.exit(status)
         sys.stderr.flush()
-        sys.exit(2)
+        if failed:
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from lipschitz_lightning.app.signals import workers_ignore_stop_signals
 from lipschitz_lightning.math.bounds import LOSSES
 
 
@@ -138,7 +139,10 @@ class ResumableDataLoader(DataLoader):
         # A generator: nothing is drawn from the sampler before the first batch is asked for,
         # that is after Lightning's set_epoch (it creates the iterator of a resumed epoch before).
         skip, self.skip_batches = self.skip_batches, 0
-        iterator = super().__iter__()
+        # Workers (started here) ignore SIGTERM and SIGINT: a scheduler, `timeout` or a terminal
+        # signals the whole process group, and only this process stops the run (and then them).
+        with workers_ignore_stop_signals(self):
+            iterator = super().__iter__()
         for _ in range(skip):
             next(iterator)
         yield from iterator
