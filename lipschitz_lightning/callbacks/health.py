@@ -140,6 +140,7 @@ class RunHealth(pl.Callback):
         self._ref_count = 0
         self._val_acc: Optional[float] = None
         self._epoch_loss = math.nan
+        self._epoch_count = 0
         self._rollbacks_at_start = 0
 
     # ------------------------------------------------------------------ gathering
@@ -172,19 +173,37 @@ class RunHealth(pl.Callback):
     # ------------------------------------------------------------------ the verdict
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.reference_loss is None and self._ref_count:
-            self.reference_loss = float(self._ref_min)  # host read: epoch end
-            self._ref_min = None
-        self._epoch_loss = float(self._loss_sum) / self._loss_count if self._loss_count else math.nan
+        self._reduce_losses(trainer, pl_module)
         findings = self._loss_and_weights(trainer, pl_module) + self._lipschitz_findings(trainer)
         findings += self._accuracy_findings(pl_module)
         if findings:
             self._stop(trainer, findings)
 
+    def _reduce_losses(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The epoch's mean training loss and (after the first epoch) the run's start, the same on
+        every rank: one ``all_reduce`` of three numbers under DDP, and one host read."""
+        finalize = self.reference_loss is None and self._ref_count > 0
+        device = pl_module.device
+        zero = torch.zeros((), device=device)
+        packed = torch.stack([
+            self._loss_sum.to(device) if self._loss_sum is not None else zero,
+            torch.tensor(float(self._loss_count), device=device),
+            self._ref_min.to(device) if finalize and self._ref_min is not None else zero,
+        ])
+        world = trainer.world_size
+        if world > 1:
+            packed = trainer.strategy.reduce(packed, reduce_op="sum")
+        loss_sum, count, ref = (float(x) for x in packed.double().cpu())
+        self._epoch_loss = loss_sum / count if count else math.nan
+        self._epoch_count = int(count)
+        if finalize:
+            self.reference_loss = ref / world  # the ranks' starts, averaged
+            self._ref_min = None
+
     def _loss_and_weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> List[str]:
         found = []
         rolled_back = sum(cb.rollbacks for cb in self._lipschitz(trainer)) > self._rollbacks_at_start
-        if self._loss_count and not rolled_back:
+        if self._epoch_count and not rolled_back:
             mean = self._epoch_loss
             start = self.reference_loss
             if not math.isfinite(mean) or mean > self.overflow_loss:
