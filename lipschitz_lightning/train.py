@@ -416,7 +416,7 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
         metrics.update(_as_floats(trainer.callback_metrics))
     metrics = {k: v for k, v in metrics.items() if math.isfinite(v) or k.startswith("lipschitz/")}
-    _report(metrics, trainer)
+    _report(metrics, trainer, test_ckpt if cfg.get("test", True) else None)
     return metrics
 
 
@@ -449,12 +449,28 @@ _ctrl_c_stops_after_this_batch = signals.CtrlCStopsAfterThisBatch
 
 
 @rank_zero_only
-def _report(metrics: Dict[str, float], trainer: pl.Trainer) -> None:
-    """The last lines of a run: the test result and where to look."""
+def _tested_weights(test_ckpt: Optional[str], trainer: pl.Trainer) -> str:
+    """Which weights the test ran on: ``epoch 3 of 20, the lowest val/loss`` or ``the current weights``."""
+    if not test_ckpt:
+        return "the current weights"
+    try:
+        epoch = checkpoints.inspect(test_ckpt).epoch + 1
+    except Exception:  # noqa: BLE001 - the test itself has read the file; only the label is lost
+        return Path(test_ckpt).name
+    chosen = trainer.checkpoint_callback
+    monitor = getattr(chosen, "monitor", None)
+    if monitor and os.path.abspath(test_ckpt) == os.path.abspath(getattr(chosen, "best_model_path", "") or ""):
+        best = "lowest" if getattr(chosen, "mode", "min") == "min" else "highest"
+        return f"the weights of epoch {epoch} of {trainer.current_epoch}, the {best} {monitor}"
+    return f"the weights of epoch {epoch} ({Path(test_ckpt).name})"
+
+
+def _report(metrics: Dict[str, float], trainer: pl.Trainer, test_ckpt: Optional[str] = None) -> None:
+    """The last lines of a run: the test result, the weights it was measured on, and where to look."""
     if "test/acc" in metrics:
-        log.info(f"test accuracy: {metrics['test/acc']:.4f}")
+        log.info(f"test accuracy: {metrics['test/acc']:.4f} ({_tested_weights(test_ckpt, trainer)})")
     elif "test/loss" in metrics:
-        log.info(f"test loss: {metrics['test/loss']:.6g}")
+        log.info(f"test loss: {metrics['test/loss']:.6g} ({_tested_weights(test_ckpt, trainer)})")
     for logger in trainer.loggers:
         if isinstance(logger, pl.loggers.TensorBoardLogger):
             log.info(f"TensorBoard logs: {logger.log_dir}  (tensorboard --logdir {logger.log_dir})")

@@ -3,13 +3,14 @@ place), and the lines no user can act on are not printed at all."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_cli, tiny_data
 
-TINY = ["model=mlp", "model.hidden_sizes=[8]", "optim=sgd", "trainer=cpu", "trainer.max_epochs=1",
+TINY = ["model=mlp", "model.hidden_sizes=[8]", "optim=sgd", "trainer=cpu", "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", *tiny_data("tabular")]
 
 
@@ -31,3 +32,7 @@ def test_the_log_file_holds_lightnings_and_lipschitzlrs_lines_and_no_noise(tmp_p
     for noise in ("litlogger", "was configured so 100% of the batches", "smaller than the logging interval"):
         assert noise not in printed, printed[-3000:]
         assert noise not in text, text
+    # The test line says which weights it measured: the best epoch by val/loss, of how many.
+    found = re.search(r"test (?:accuracy|loss): \S+ \(the weights of epoch ([12]) of 2, the lowest val/loss\)", text)
+    assert found, text
+    assert (run / "checkpoints" / f"epoch_{int(found.group(1)) - 1:03d}.ckpt").is_file()
