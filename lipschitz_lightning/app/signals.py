@@ -272,16 +272,23 @@ def peer_failure(exc: BaseException) -> Optional[str]:
         from torch.distributed import DistError
     except ImportError:  # pragma: no cover - torch without distributed
         DistError = ()  # type: ignore[assignment,misc]
-    seen = set()
+    try:
+        import torch.distributed as dist
+
+        initialized = dist.is_available() and dist.is_initialized()
+    except ImportError:  # pragma: no cover
+        initialized = False
+    seen, kind = set(), None
     current: Optional[BaseException] = exc
-    while current is not None and id(current) not in seen:
+    while current is not None and id(current) not in seen:  # to the first failure: what went wrong first
         seen.add(id(current))
         message = str(current).lower()
-        if isinstance(current, DistError) or (isinstance(current, RuntimeError) and (
+        # A plain RuntimeError only in a distributed run: gloo's and NCCL's errors are of that type.
+        if isinstance(current, DistError) or (initialized and isinstance(current, RuntimeError) and (
                 any(w in message for w in _PEER_WORDS) or _raised_in_torch_distributed(current))):
-            return "timeout" if any(w in message for w in _TIMEOUT_WORDS) else "lost"
+            kind = "timeout" if any(w in message for w in _TIMEOUT_WORDS) else "lost"
         current = current.__cause__ or current.__context__
-    return None
+    return kind
 
 
 def _raised_in_torch_distributed(exc: BaseException) -> bool:
