@@ -45,7 +45,10 @@ def args(cifar_dir: Path, run_dir: Path, *extra: str, optim: str = "sgd") -> Lis
         "dataset=cifar10", f"paths.data_dir={cifar_dir}", "dataset.verify_checksums=false",
         "dataset.batch_size=16", "dataset.num_workers=0", "model=mlp", "model.hidden_sizes=[32]", f"optim={optim}",
         "trainer=cpu", f"trainer.max_epochs={EPOCHS}", "trainer.enable_progress_bar=false",
-        "+trainer.enable_model_summary=false", "seed=3", f"hydra.run.dir={run_dir}", *extra,
+        "+trainer.enable_model_summary=false", "seed=3", f"hydra.run.dir={run_dir}",
+        # The paper's sgd on these random images diverges (epoch 2's loss is 5e3 times its start), which
+        # RunHealth rightly stops; this test is about exact resume of every value, so the verdict is off.
+        "~callbacks.run_health", *extra,
     ]
 
 
