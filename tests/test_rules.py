@@ -170,6 +170,7 @@ def test_gradbound_rate_is_one_over_the_independently_computed_bound():
     inputs, rates = HeadInputs(), RateRecorder()
     cb = LipschitzLR(rule="gradbound", first_epoch_lr=0.05)
     trainer([cb, inputs, rates], max_epochs=2).fit(module, datamodule=ToyDataModule(make_data(n=48), 16))
+    assert len(inputs.epochs) == len(rates.stats) == 2  # the checks below run for both epochs
     for epoch, stats in zip(inputs.epochs, rates.stats):
         G = max(float(a.abs().sum(0).max()) / a.shape[0] for a in epoch["A"]) + 1e-3 * epoch["head_max"]
         assert stats["L"] == pytest.approx(G, rel=1e-5)
@@ -183,6 +184,7 @@ def test_smooth_rate_is_one_over_the_head_smoothness():
     inputs, rates = HeadInputs(), RateRecorder()
     cb = LipschitzLR(rule="smooth", first_epoch_lr=0.05)
     trainer([cb, inputs, rates], max_epochs=2).fit(module, datamodule=ToyDataModule(make_data(n=48), 16))
+    assert len(inputs.epochs) == len(rates.stats) == 2  # the checks below run for both epochs
     for epoch, stats in zip(inputs.epochs, rates.stats):
         exact = 0.5 * max(float(torch.linalg.matrix_norm(a, ord=2)) ** 2 / a.shape[0] for a in epoch["A"]) + 1e-3
         # an upper estimate of ||A||_2^2: never below, at most rank^(1/32) above
@@ -214,6 +216,8 @@ def test_curvature_rate_is_one_over_the_independently_computed_head_curvature():
     logits, rates = HeadLogits(), RateRecorder()
     cb = LipschitzLR(rule="curvature", first_epoch_lr=0.05)
     trainer([cb, logits, rates], max_epochs=3).fit(module, datamodule=ToyDataModule(make_data(n=48), 16))
+    assert len(logits.epochs) == len(rates.stats) == 3  # the checks below run for every epoch
+    assert all(len(epoch) == 3 for epoch in logits.epochs)  # 48 samples / 16: three steps each
     for epoch, stats in zip(logits.epochs, rates.stats):
         k = epoch[0][1].shape[1]
         per_step = []
@@ -502,6 +506,7 @@ def test_guard_restores_exactly_the_epoch_start_weights_and_optimizer_state():
 
     trainer([cb, Blow(), Record()], max_epochs=2).fit(module, datamodule=ToyDataModule(make_data(), 16))
     assert cb.rollbacks == 1
+    assert starts["w"] and starts["opt"]  # both recorded and non-empty: the loops below run
     for key, value in starts["w"].items():
         assert torch.equal(starts["after"][key], value)
     for key, value in starts["opt"].items():
