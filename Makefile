@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py | $(BIN)/python
 
 install: $(STAMP)
 
-# Trains a small MLP on scikit-learn's digits on the CPU (about a minute; no download).
+# Trains a small MLP on scikit-learn's digits on the CPU (20 epochs; no download).
 quickstart: install
 	$(BIN)/python -m lipschitz_lightning.train experiment=quickstart
 
