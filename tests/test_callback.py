@@ -115,25 +115,25 @@ def test_first_epoch_probe_leaves_no_trace():
     module = toy("sgd", batchnorm=True, dropout=0.5)
     before = {n: b.clone() for n, b in module.named_buffers()}
     cb = LipschitzLR(rule="sgd", loss="softmax_ce")
+    head_passes = []  # grad mode of each pass through the head while LipschitzLR's on_train_start runs
 
-    rng = []
-    probe = cb._run_probe
+    class Opening(pl.Callback):  # placed before LipschitzLR: its on_train_start runs before the probe
+        def on_train_start(self, trainer, pl_module):
+            self.rng = torch.random.get_rng_state()
+            self.handle = pl_module.net.head.register_forward_pre_hook(
+                lambda head, args: head_passes.append(torch.is_grad_enabled()))
 
-    def run_probe(*args, **kwargs):
-        rng.append(torch.random.get_rng_state())
-        probe(*args, **kwargs)
-        rng.append(torch.random.get_rng_state())
-
-    cb._run_probe = run_probe
-
-    class Stop(pl.Callback):
-        def on_train_start(self, trainer, pl_module):  # runs after LipschitzLR's probe
+    class Closing(pl.Callback):  # placed after LipschitzLR: its on_train_start runs after the probe
+        def on_train_start(self, trainer, pl_module):
+            opening.handle.remove()
+            self.rng = torch.random.get_rng_state()
             self.buffers = {n: b.clone() for n, b in pl_module.named_buffers()}
 
-    stop = Stop()
-    trainer([cb, stop], max_epochs=1).fit(module, datamodule=ToyDataModule(make_data(), 16))
-    assert len(rng) == 2 and torch.equal(rng[0], rng[1])
-    assert all(torch.equal(before[n], stop.buffers[n]) for n in before)
+    opening, closing = Opening(), Closing()
+    trainer([opening, cb, closing], max_epochs=1).fit(module, datamodule=ToyDataModule(make_data(), 16))
+    assert head_passes and not any(head_passes)  # the probe ran, without autograd
+    assert torch.equal(opening.rng, closing.rng)
+    assert all(torch.equal(before[n], closing.buffers[n]) for n in before)
     assert cb.last_stats["lr"] > 0 and math.isfinite(cb.last_stats["lr"])
 
 
@@ -329,30 +329,53 @@ class SyncGuard:
             self.active = previous
 
 
+class GuardSwitch(pl.Callback):
+    """A pair of these brackets LipschitzLR: ``on`` placed just before it in the callbacks list and
+    on the head's hooks, ``off`` just after, so that the guard is active exactly while LipschitzLR's
+    per-step hooks (and its hooks on the head) run. ``seen`` counts the hooks it bracketed."""
+
+    def __init__(self, guard, active, seen):
+        self.guard, self.active, self.seen = guard, active, seen
+
+    def switch(self, hook):
+        self.guard.active = self.active
+        if self.active:
+            self.seen[hook] = self.seen.get(hook, 0) + 1
+
+    def on_fit_start(self, trainer, pl_module):  # after LipschitzLR's setup put its hooks on the head
+        head = pl_module.net.head  # ``on`` goes first, ``off`` after LipschitzLR's own hooks
+        self.handles = [head.register_forward_pre_hook(lambda m, a: self.switch("head input"), prepend=self.active),
+                        head.register_forward_hook(lambda m, a, o: self.switch("head output"), prepend=self.active)]
+
+    def on_fit_end(self, trainer, pl_module):
+        for handle in self.handles:
+            handle.remove()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.switch("on_train_batch_start")
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.switch("on_before_optimizer_step")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # the epoch's last batch end runs the once-per-epoch computation, which may sync
+        if batch_idx + 1 < trainer.num_training_batches:
+            self.switch("on_train_batch_end")
+        else:
+            self.guard.active = False
+
+
 def test_per_step_path_never_moves_a_value_to_the_host(monkeypatch):
     guard = SyncGuard(monkeypatch)
     cb = LipschitzLR(rule="adam", loss="softmax_ce")
-
-    def wrap(method, active=True):
-        def wrapped(*args, **kwargs):
-            with guard.on(active):
-                return method(*args, **kwargs)
-        return wrapped
-
-    for name in ("_record_input", "on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end"):
-        setattr(cb, name, wrap(getattr(cb, name)))
-    finish = cb._finish_epoch
-    finished = []
-
-    def finish_epoch(*args):  # the once-per-epoch computation may sync
-        finished.append(True)
-        with guard.on(False):
-            return finish(*args)
-
-    cb._finish_epoch = finish_epoch
+    seen = {}
     module = toy("adam")
-    trainer([cb], max_epochs=2).fit(module, datamodule=ToyDataModule(make_data(), 16))
-    assert len(finished) == 2
+    trainer([GuardSwitch(guard, True, seen), cb, GuardSwitch(guard, False, seen)], max_epochs=2).fit(
+        module, datamodule=ToyDataModule(make_data(), 16))
+    # 4 steps per epoch, each bracketed (the last batch end of each epoch aside); the probe's passes as well
+    assert seen["on_train_batch_start"] == seen["on_before_optimizer_step"] == 8 and seen["on_train_batch_end"] == 6
+    assert seen["head input"] >= 8
+    assert cb.epochs_done == 2  # the once-per-epoch computation ran at both epochs' ends
 
 
 # --------------------------------------------------------------------------- resume
