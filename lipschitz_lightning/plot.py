@@ -19,12 +19,13 @@ Needs matplotlib (``pip install "lipschitz-lightning[bench]"``).
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from lipschitz_lightning.bench.results import read_metrics
 
 __all__ = ["PlotError", "draw_runs", "find_runs", "main", "plot_runs", "read_run"]
 
@@ -69,15 +70,9 @@ def _wanted(key: str) -> bool:
 
 def _read_csv(files: List[Path]) -> Curves:
     curves: Curves = {}
-    for path in files:
-        with open(path, newline="") as handle:
-            for row in csv.DictReader(handle):
-                if not row.get("epoch"):
-                    continue
-                epoch = int(float(row["epoch"]))
-                for key, value in row.items():
-                    if key and value not in (None, "") and _wanted(key):
-                        curves.setdefault(key, {})[epoch] = float(value)  # a resumed run's later row wins
+    for epoch, values in read_metrics(files, _wanted).items():  # a resumed run's later row wins
+        for key, value in values.items():
+            curves.setdefault(key, {})[epoch] = value
     return curves
 
 

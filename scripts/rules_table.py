@@ -11,22 +11,18 @@ the docs is generated, never typed::
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 from typing import Dict, List
+
+from lipschitz_lightning.bench.results import read_metrics
 
 FOLDER = Path(__file__).resolve().parents[1] / "docs" / "measurements" / "rules"
 
 
 def epochs_of(path: Path) -> List[Dict[str, float]]:
     """One dict per epoch: every non-empty column of the rows logged in that epoch."""
-    by_epoch: Dict[int, Dict[str, float]] = {}
-    with path.open() as f:
-        for row in csv.DictReader(f):
-            epoch = int(row["epoch"])
-            by_epoch.setdefault(epoch, {}).update({k: float(v) for k, v in row.items() if v not in ("", None)})
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    return list(read_metrics([path]).values())
 
 
 def fmt(x: float, spec: str = ".4g") -> str:
