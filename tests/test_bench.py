@@ -150,7 +150,7 @@ def test_summary_flags_divergence_and_ratios():
 
 
 def test_report_puts_our_best_rule_against_the_best_learning_rate_free_optimizer(tmp_path: Path):
-    """The per-suite comparison issue 7 asks for, from the results alone: ours vs learning-rate-free
+    """The per-suite comparison of our rules, from the results alone: ours vs learning-rate-free
     by final accuracy at equal epochs, the suite's bar, and the state of the paper's same-family rule."""
     from lipschitz_lightning.bench.results import EPOCH_COLUMNS, RUN_COLUMNS, append_rows
 
@@ -239,20 +239,20 @@ def test_tiny_suite_runs_resumes_and_reports(tmp_path: Path, capsys):
 
 
 def test_report_classical_section_from_tables(tmp_path: Path):
-    from lipschitz_lightning.classical import CURVE_COLUMNS, TABLE1_COLUMNS, TABLE2_COLUMNS, _upsert
+    from lipschitz_lightning.classical import CURVE_COLUMNS, TABLE1_COLUMNS, TABLE2_COLUMNS, upsert_dataset
 
     results = tmp_path / "results"
-    _upsert(results / "classical_table1.csv", TABLE1_COLUMNS, "breast_cancer", [{
+    upsert_dataset(results / "classical_table1.csv", TABLE1_COLUMNS, "breast_cancer", [{
         "dataset": "breast_cancer", "loss": "bce", "m": 569, "n": 30, "threshold": 0.69, "L": 2e-4, "inv_L": 5000.0,
         "epochs_alpha": 41000, "epochs_inv_L": 1, "ran_alpha": 41000, "ran_inv_L": 5000, "increases_inv_L": 0,
         "final_loss_inv_L": 0.2, "paper_inv_L": 4280.23, "paper_epochs_alpha": 37008, "paper_epochs_inv_L": 2}])
-    _upsert(results / "classical_table1.csv", TABLE1_COLUMNS, "diabetes", [{
+    upsert_dataset(results / "classical_table1.csv", TABLE1_COLUMNS, "diabetes", [{
         "dataset": "diabetes", "loss": "mse", "m": 442, "n": 10, "threshold": 3000, "L": -1.1, "inv_L": float("nan"),
         "ran_alpha": 100, "epochs_alpha": None}])
-    _upsert(results / "classical_table2.csv", TABLE2_COLUMNS, "iris", [{
+    upsert_dataset(results / "classical_table2.csv", TABLE2_COLUMNS, "iris", [{
         "dataset": "iris", "m_train": 105, "m_test": 45, "scale": "none", "accuracy_epochs": 200, "inv_L": 2.1,
         "acc_alpha": 0.9, "acc_inv_L": 0.95, "paper_acc_alpha": 0.9333, "paper_acc_inv_L": 0.9778}])
-    _upsert(results / "classical_curves.csv", CURVE_COLUMNS, "breast_cancer",
+    upsert_dataset(results / "classical_curves.csv", CURVE_COLUMNS, "breast_cancer",
             [{"dataset": "breast_cancer", "rate": rate, "epoch": e, "loss": 0.7 / (1 + e * k)}
              for rate, k in (("alpha", 1e-4), ("inv_L", 1.0)) for e in range(50)])
     text = generate(results, tmp_path / "docs" / "benchmarks.md")

@@ -138,7 +138,7 @@ def test_cli_missing_data_is_one_line(tmp_path: Path):
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path}/boston.csv not found (put the data set's CSV there; see its config file)"]
 
 
-# --------------------------------------------------------------------------- progress and scaling (issue 16)
+# --------------------------------------------------------------------------- progress and scaling
 
 
 def _inv_l_unscaled(name: str, rows=None) -> float:

@@ -7,7 +7,6 @@ groups). A bad suite, method or override is one ``error: ...`` line and exit sta
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 if __name__ == "__main__":  # without the [app] extra: one line naming it, exit status 2, no traceback
@@ -20,9 +19,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from lipschitz_lightning.bench.results import ResultsFormatError
 from lipschitz_lightning.bench.runner import BenchConfigError, run_suite
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from lipschitz_lightning.configs import config_dir
 
 
 def load_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -30,7 +29,7 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="benchmark", overrides=list(overrides))
 
 
@@ -39,7 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = load_config(argv)
         run_suite(cfg)
-    except (BenchConfigError, HydraException, OmegaConfBaseException) as exc:
+    except (BenchConfigError, ResultsFormatError, HydraException, OmegaConfBaseException) as exc:
         sys.stderr.write(f"error: {str(exc).splitlines()[0]}\n")
         return 2
     except KeyboardInterrupt:
