@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 import re
+from functools import cached_property
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, NamedTuple, Sequence
 
 import hydra
 import pytest
@@ -23,7 +24,6 @@ from omegaconf import OmegaConf
 from lipschitz_lightning import LipschitzLR
 from lipschitz_lightning.callbacks import check_optimizer
 from lipschitz_lightning.data import SklearnDataModule, SyntheticDataModule
-from lipschitz_lightning.train import _build_net
 from tests.conftest import CONF_DIR, compose_train, path_overrides
 
 GROUPS = ["dataset", "model", "module", "optim", "lr", "trainer", "logger", "callbacks", "paths", "hydra", "debug", "experiment"]
@@ -95,69 +95,160 @@ def test_root_defaults_and_order():
     assert cfg.optim.callback.rule == "sgd" and cfg.optim.callback.first_epoch_lr is None
 
 
-@pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}/{o}" for g, o in ALL_OPTIONS])
-def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Path):
-    overrides = path_overrides(tmp_path)
-    if group == "model":
-        overrides.append(f"dataset={FITTING_DATASET.get(option, 'cifar10')}")
-    if group == "optim":
-        overrides += ["dataset=digits", "model=mlp"]
-    if group not in ("paths", "hydra"):
-        overrides.append(f"{group}={option}")
-    cfg = compose_train(overrides, hydra_config=group == "hydra")
-    if group == "hydra":
-        hydra_cfg = OmegaConf.to_container(cfg.hydra, resolve=False)
-        assert "${task_name}" in hydra_cfg["run"]["dir"] and "${run_dir:" in hydra_cfg["run"]["dir"]
-        assert hydra_cfg["callbacks"]["report_failed_jobs"]["_target_"] == "lipschitz_lightning.train.ReportFailedJobs"
-        return
-    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # every interpolation resolves
-    if group == "paths":
-        assert cfg.paths.output_dir == str(tmp_path / "run")
-        return
+def build_net(cfg, datamodule: pl.LightningDataModule) -> torch.nn.Module:
+    """``cfg.model`` for the datamodule, as the app builds it: for its input shape and outputs, a
+    model made for its loss and batch size, whose forward pass gives one output row per sample."""
+    net = instantiate(cfg.model, input_shape=tuple(datamodule.input_shape), num_outputs=datamodule.num_outputs)
+    assert datamodule.loss in getattr(net, "supported_losses", (datamodule.loss,))
+    assert datamodule.batch_size >= getattr(net, "min_batch_size", 1)
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.zeros(2, *datamodule.input_shape))
+    net.train()
+    assert tuple(out.shape) == (2, datamodule.num_outputs)
+    return net
 
-    datamodule = instantiate(cfg.dataset)
-    assert isinstance(datamodule, pl.LightningDataModule)
-    assert datamodule.loss in ("softmax_ce", "bce", "mse") and datamodule.num_outputs >= 1
-    if group == "dataset" and isinstance(datamodule, (SklearnDataModule, SyntheticDataModule)):
+
+class Case:
+    """One option of one group, composed; its datamodule built (and checked) on first use."""
+
+    def __init__(self, cfg, option: str, tmp_path: Path):
+        self.cfg, self.option, self.tmp_path = cfg, option, tmp_path
+
+    @cached_property
+    def datamodule(self) -> pl.LightningDataModule:
+        datamodule = instantiate(self.cfg.dataset)
+        assert isinstance(datamodule, pl.LightningDataModule)
+        assert datamodule.loss in ("softmax_ce", "bce", "mse") and datamodule.num_outputs >= 1
+        return datamodule
+
+
+def hydra_run_dir_and_callbacks(case: Case) -> None:
+    hydra_cfg = OmegaConf.to_container(case.cfg.hydra, resolve=False)
+    assert "${task_name}" in hydra_cfg["run"]["dir"] and "${run_dir:" in hydra_cfg["run"]["dir"]
+    assert hydra_cfg["callbacks"]["report_failed_jobs"]["_target_"] == "lipschitz_lightning.train.ReportFailedJobs"
+
+
+def every_interpolation_resolves(case: Case) -> None:
+    OmegaConf.to_container(case.cfg, resolve=True, throw_on_missing=True)
+
+
+def output_dir_is_tmp_path(case: Case) -> None:
+    assert case.cfg.paths.output_dir == str(case.tmp_path / "run")
+
+
+def datamodule_instantiates(case: Case) -> None:
+    case.datamodule
+
+
+def generated_batches_have_the_input_shape(case: Case) -> None:
+    datamodule = case.datamodule
+    if isinstance(datamodule, (SklearnDataModule, SyntheticDataModule)):
         datamodule.setup("fit")  # no files: generated or bundled with scikit-learn
         x, y = next(iter(datamodule.train_dataloader()))
         assert tuple(x.shape[1:]) == tuple(datamodule.input_shape)
 
-    if group == "module":
-        net = _build_net(cfg, datamodule)
-        module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optim.optimizer), loss=datamodule.loss,
-                             num_outputs=datamodule.num_outputs)
-        assert isinstance(module, pl.LightningModule) and module.net is net
-    if group in ("model", "optim", "lr", "experiment"):
-        net = _build_net(cfg, datamodule)
-        assert isinstance(net.head, torch.nn.Linear)
-        optimizer = instantiate(cfg.optim.optimizer)(params=net.parameters())
-        assert isinstance(optimizer, torch.optim.Optimizer)
-        if cfg.optim.get("callback") is not None:
-            callback = instantiate(cfg.optim.callback, loss=datamodule.loss)
-            assert isinstance(callback, LipschitzLR)
-            check_optimizer(callback.rule, optimizer)
-            assert callback.first_epoch_lr == (cfg.lr.first_epoch if cfg.lr.first_epoch is not None
-                                               else LipschitzLR(rule=callback.rule).first_epoch_lr)
 
-    if group in ("trainer", "debug", "experiment"):
-        trainer = build_trainer(cfg, tmp_path)
-        if trainer is not None:
-            assert isinstance(trainer, pl.Trainer)
-            assert trainer.max_epochs == cfg.trainer.max_epochs
-    if group == "trainer" and option == "ddp_sim":
-        assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 2
-        assert cfg.trainer.strategy._target_ == "pytorch_lightning.strategies.DDPStrategy"  # with its collective timeout
+def module_takes_the_net(case: Case) -> None:
+    cfg, datamodule = case.cfg, case.datamodule
+    net = build_net(cfg, datamodule)
+    module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optim.optimizer), loss=datamodule.loss,
+                         num_outputs=datamodule.num_outputs)
+    assert isinstance(module, pl.LightningModule) and module.net is net
 
-    if group == "logger":
-        loggers = [instantiate(node) for node in cfg.logger.values()]
-        assert loggers and all(isinstance(lg, pl.loggers.Logger) for lg in loggers)
-        assert all(str(tmp_path) in lg.log_dir for lg in loggers)
-    if group == "callbacks":
-        callbacks = [instantiate(node) for node in cfg.callbacks.values()]
-        assert all(isinstance(cb, pl.Callback) for cb in callbacks)
-        last = [cb for cb in callbacks if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.filename == "last"]
-        assert last and last[0].dirpath.startswith(str(tmp_path))
+
+def net_optimizer_and_callback_fit(case: Case) -> None:
+    cfg, datamodule = case.cfg, case.datamodule
+    net = build_net(cfg, datamodule)
+    assert isinstance(net.head, torch.nn.Linear)
+    optimizer = instantiate(cfg.optim.optimizer)(params=net.parameters())
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    if cfg.optim.get("callback") is not None:
+        callback = instantiate(cfg.optim.callback, loss=datamodule.loss)
+        assert isinstance(callback, LipschitzLR)
+        check_optimizer(callback.rule, optimizer)
+        assert callback.first_epoch_lr == (cfg.lr.first_epoch if cfg.lr.first_epoch is not None
+                                           else LipschitzLR(rule=callback.rule).first_epoch_lr)
+
+
+def trainer_instantiates(case: Case) -> None:
+    trainer = build_trainer(case.cfg, case.tmp_path)
+    if trainer is not None:
+        assert isinstance(trainer, pl.Trainer)
+        assert trainer.max_epochs == case.cfg.trainer.max_epochs
+
+
+def ddp_sim_is_two_cpu_processes(case: Case) -> None:
+    cfg = case.cfg
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 2
+    assert cfg.trainer.strategy._target_ == "pytorch_lightning.strategies.DDPStrategy"  # with its collective timeout
+
+
+def loggers_write_into_tmp_path(case: Case) -> None:
+    loggers = [instantiate(node) for node in case.cfg.logger.values()]
+    assert loggers and all(isinstance(lg, pl.loggers.Logger) for lg in loggers)
+    assert all(str(case.tmp_path) in lg.log_dir for lg in loggers)
+
+
+def last_checkpoint_goes_into_tmp_path(case: Case) -> None:
+    callbacks = [instantiate(node) for node in case.cfg.callbacks.values()]
+    assert all(isinstance(cb, pl.Callback) for cb in callbacks)
+    last = [cb for cb in callbacks if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.filename == "last"]
+    assert last and last[0].dirpath.startswith(str(case.tmp_path))
+
+
+class GroupCase(NamedTuple):
+    """How an option of a group is composed (its overrides beyond the paths) and checked (in order)."""
+
+    overrides: Callable[[str, str], List[str]]
+    checks: Sequence[Callable[[Case], None]]
+    hydra_config: bool = False
+
+
+def select(group: str, option: str) -> List[str]:
+    return [f"{group}={option}"]
+
+
+def nothing(group: str, option: str) -> List[str]:  # paths and hydra: the root config's own
+    return []
+
+
+COMPOSED = (every_interpolation_resolves, datamodule_instantiates)
+GROUP_CASES: Dict[str, GroupCase] = {
+    "dataset": GroupCase(select, COMPOSED + (generated_batches_have_the_input_shape,)),
+    "model": GroupCase(lambda g, o: [f"dataset={FITTING_DATASET.get(o, 'cifar10')}"] + select(g, o),
+                       COMPOSED + (net_optimizer_and_callback_fit,)),
+    "module": GroupCase(select, COMPOSED + (module_takes_the_net,)),
+    "optim": GroupCase(lambda g, o: ["dataset=digits", "model=mlp"] + select(g, o),
+                       COMPOSED + (net_optimizer_and_callback_fit,)),
+    "lr": GroupCase(select, COMPOSED + (net_optimizer_and_callback_fit,)),
+    "trainer": GroupCase(select, COMPOSED + (trainer_instantiates,)),
+    "logger": GroupCase(select, COMPOSED + (loggers_write_into_tmp_path,)),
+    "callbacks": GroupCase(select, COMPOSED + (last_checkpoint_goes_into_tmp_path,)),
+    "paths": GroupCase(nothing, (every_interpolation_resolves, output_dir_is_tmp_path)),
+    "hydra": GroupCase(nothing, (hydra_run_dir_and_callbacks,), hydra_config=True),
+    "debug": GroupCase(select, COMPOSED + (trainer_instantiates,)),
+    "experiment": GroupCase(select, COMPOSED + (net_optimizer_and_callback_fit, trainer_instantiates)),
+}
+# Checks of one option beyond those of its group.
+OPTION_CHECKS: Dict[tuple, Sequence[Callable[[Case], None]]] = {
+    ("trainer", "ddp_sim"): (ddp_sim_is_two_cpu_processes,),
+}
+
+
+def test_every_group_has_its_checks():
+    assert set(GROUP_CASES) == set(GROUPS)
+    assert all(case.checks for case in GROUP_CASES.values())
+    assert all((group, option) in ALL_OPTIONS for group, option in OPTION_CHECKS)
+
+
+@pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}/{o}" for g, o in ALL_OPTIONS])
+def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Path):
+    how = GROUP_CASES[group]
+    cfg = compose_train(path_overrides(tmp_path) + how.overrides(group, option), hydra_config=how.hydra_config)
+    case = Case(cfg, option, tmp_path)
+    for check in (*how.checks, *OPTION_CHECKS.get((group, option), ())):
+        check(case)
 
 
 # Table 3 rows (MNIST, CIFAR-10, CIFAR-100) as the paper states them:
