@@ -176,3 +176,20 @@ def test_run_folders_never_collide(tmp_path: Path):
     """Runs started in the same second get their own folders (created when named)."""
     folders = {new_run_dir(str(tmp_path)) for _ in range(20)}
     assert len(folders) == 20 and all(Path(f).is_dir() for f in folders)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "starts"), [
+    ([*TINY, "trainer.max_epochs=0"], "error: trainer.max_epochs must be a positive integer; got 0"),
+    ([*TINY, "dataset.batch_size=0"], "error: dataset.batch_size must be a positive integer; got 0"),
+    (["dataset=mnist", "model=mlp", "trainer=cpu", "dataset.num_workers=0"], "error: "),
+], ids=["zero-epochs", "zero-batch", "missing-data"])
+def test_refused_run_leaves_no_run_folder(args: List[str], starts: str, tmp_path: Path):
+    """A new run refused before it trains removes the folder it named: no .hydra/, no log file."""
+    logs, data = tmp_path / "logs", tmp_path / "empty-data"
+    data.mkdir()
+    result = run_cli([*args, f"paths.log_dir={logs}", f"paths.data_dir={data}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert last_line(result).startswith(starts), last_line(result)
+    assert "Traceback" not in result.stderr
+    assert not logs.exists() or not list(logs.rglob("*")), sorted(map(str, logs.rglob("*")))

@@ -36,3 +36,29 @@ def test_the_log_file_holds_lightnings_and_lipschitzlrs_lines_and_no_noise(tmp_p
     found = re.search(r"test (?:accuracy|loss): \S+ \(the weights of epoch ([12]) of 2, the lowest val/loss\)", text)
     assert found, text
     assert (run / "checkpoints" / f"epoch_{int(found.group(1)) - 1:03d}.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_the_error_line_is_printed_once_and_kept_in_the_log_file(tmp_path: Path) -> None:
+    # A folder given with hydra.run.dir is kept when the run is refused; its log holds the line.
+    run = tmp_path / "run"
+    result = run_cli([*TINY, "trainer.max_epochs=0", f"hydra.run.dir={run}"], cwd=tmp_path)
+    line = "error: trainer.max_epochs must be a positive integer; got 0"
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (result.stdout + result.stderr).count(line) == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == line
+    assert line in (run / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_multiruns_list_of_failed_jobs_is_in_its_log_file(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli(["--multirun", *TINY, "dataset.batch_size=-1,0", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    summary = result.stderr.strip().splitlines()[-3:]
+    assert summary[0] == "2 job(s) of the multirun failed:", result.stderr[-3000:]
+    assert summary[1:] == [f"  job {n} (dataset.batch_size={v}): error: dataset.batch_size must be a positive "
+                           f"integer; got {v}" for n, v in ((0, -1), (1, 0))]
+    assert (sweep / "train.log").read_text().splitlines()[-3:] == summary
+    # Each job's own log has its line.
+    assert summary[1].split(": ", 1)[1] in (sweep / "0" / "train.log").read_text()

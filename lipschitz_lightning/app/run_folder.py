@@ -19,15 +19,17 @@ import fcntl
 import logging
 import os
 import secrets
+import shutil
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["FolderInUse", "claim", "first_process", "new_run_dir", "write_deferred_hydra_config"]
+__all__ = ["FolderInUse", "accept", "claim", "first_process", "new_run_dir", "remove_refused",
+           "write_deferred_hydra_config"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ def new_run_dir(runs_dir: str, resume: Optional[str] = None, ckpt_path: Optional
     for _ in range(100):
         name = f"slurm-{job}" if job else time.strftime("%Y-%m-%d_%H-%M-%S_") + secrets.token_hex(2)
         path = Path(runs_dir) / name
+        missing = [p for p in (path, *path.parents) if not p.exists()]  # what this run creates
         try:
             path.mkdir(parents=True, exist_ok=bool(job))
         except FileExistsError:
@@ -67,11 +70,15 @@ def new_run_dir(runs_dir: str, resume: Optional[str] = None, ckpt_path: Optional
             sys.stderr.write(f"error: cannot create the run folder {path} ({error.strerror}); "
                              f"set paths.log_dir to a writable folder\n")
             sys.exit(2)
+        if path in missing:
+            _CREATED[os.path.realpath(path)] = [str(p) for p in missing]
         return str(path)
     raise RuntimeError(f"no free run folder name in {runs_dir}")
 
 
 _RUN_DIRS: Dict[tuple, str] = {}
+# Folders new_run_dir created in this process -> the folders it created for it, deepest first.
+_CREATED: Dict[str, List[str]] = {}
 
 
 def run_dir_resolver(runs_dir: str, resume: Optional[str] = None, ckpt_path: Optional[str] = None) -> str:
@@ -222,6 +229,54 @@ def write_deferred_hydra_config(cfg: DictConfig) -> None:
     _write(folder / "config.yaml", OmegaConf.to_yaml(task))
     _write(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
     _write(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
+
+
+# --------------------------------------------------------------------------- a refused run's folder
+
+_ACCEPTED = {"run": False}
+
+
+def accept(cfg: DictConfig) -> None:
+    """The run passed every check: its folder is kept whatever happens next, and the ``.hydra/``
+    that the resolver deferred is written (:func:`write_deferred_hydra_config`)."""
+    _ACCEPTED["run"] = True
+    write_deferred_hydra_config(cfg)
+
+
+def _close_log_files(folder: str) -> None:
+    """Close and drop the logging file handlers that write into ``folder`` (Hydra's run log)."""
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and \
+                    os.path.realpath(handler.baseFilename).startswith(folder + os.sep):
+                logger.removeHandler(handler)
+                handler.close()
+
+
+def remove_refused(folder: os.PathLike | str) -> bool:
+    """Remove ``folder`` of a run refused before it was accepted (:func:`accept`): only a folder
+    that :func:`new_run_dir` created in this process (never a resumed or given one) and only while
+    it holds no checkpoint and no event file; the parents created for it go too where empty.
+    Returns whether it was removed."""
+    key = os.path.realpath(os.fspath(folder))
+    created = _CREATED.get(key)
+    if _ACCEPTED["run"] or not created or not first_process() or not os.path.isdir(key):
+        return False
+    root = Path(key)
+    if any(root.rglob("*.ckpt")) or any(root.rglob("events.out.tfevents.*")):
+        return False
+    _close_log_files(key)
+    release(key)
+    shutil.rmtree(key, ignore_errors=True)
+    _CREATED.pop(key, None)
+    for parent in created[1:]:
+        try:
+            os.rmdir(parent)  # only while empty: another run may have made its folder there since
+        except OSError:
+            break
+    return not os.path.exists(key)
 
 
 @atexit.register

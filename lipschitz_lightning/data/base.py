@@ -32,6 +32,15 @@ class DatasetNotFoundError(RuntimeError):
     """The dataset is not on disk and could not be downloaded; the message says what to put where."""
 
 
+class SettingError(ValueError):
+    """A datamodule argument with a value it cannot take: ``setting`` names the argument, ``value``
+    is what it got (the application names its own config key in its message)."""
+
+    def __init__(self, message: str, setting: str = "", value: Any = None) -> None:
+        super().__init__(message)
+        self.setting, self.value = setting, value
+
+
 class DatasetCorruptError(RuntimeError):
     """A dataset file exists but fails its checksum or format check; the message names the file."""
 
@@ -260,12 +269,12 @@ class BaseDataModule(pl.LightningDataModule):
         super().__init__()
         name = type(self).__name__
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"{name}: batch_size must be an int >= 1; got {batch_size!r}")
+            raise SettingError(f"{name}: batch_size must be an int >= 1; got {batch_size!r}", "batch_size", batch_size)
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"{name}: num_workers must be an int >= 0; got {num_workers!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             # numpy's and scikit-learn's generators (splits, generated data) take 0..2**32-1 only.
-            raise ValueError(f"{name}: seed must be an integer from 0 to {MAX_SEED}; got {seed!r}")
+            raise SettingError(f"{name}: seed must be an integer from 0 to {MAX_SEED}; got {seed!r}", "seed", seed)
         self.data_dir = str(data_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -376,6 +385,22 @@ class BaseDataModule(pl.LightningDataModule):
         if world_size is not None and saved is not None and int(saved) != int(world_size):
             raise ValueError(f"it was trained by {saved} process(es) (devices x nodes), this run has {world_size}: "
                              f"resume with the run's own trainer= and trainer.devices=")
+
+    def check_checkpoint(self, checkpoint: dict[str, Any], world_size: int | None = None) -> None:
+        """Whether a whole Lightning checkpoint continues in this run: :meth:`check_resume` of the
+        state this class saved in it. A checkpoint of another datamodule class is checked by the
+        seed of the datamodule state it holds (the training order and the augmentation follow it).
+
+        Raises:
+            ValueError: naming the setting and the value to resume with.
+        """
+        state = checkpoint.get(type(self).__qualname__)
+        if isinstance(state, dict):
+            self.check_resume(state, world_size=world_size)
+            return
+        for state in checkpoint.values():
+            if isinstance(state, dict) and "batches_done" in state and state.get("seed", self.seed) != self.seed:
+                self.check_resume({"seed": state["seed"]})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue where :meth:`state_dict` left off (older checkpoints: from the epoch's start).

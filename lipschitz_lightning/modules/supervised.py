@@ -36,6 +36,11 @@ CRITERIA: Dict[str, Callable[[], nn.Module]] = {
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
+# Optimizer settings that stay as configured during training (the rate itself is LipschitzLR's or a
+# scheduler's): a checkpoint of the same optimizer class with other values is another run.
+OPTIMIZER_SETTINGS = ("momentum", "dampening", "nesterov", "weight_decay", "betas", "eps", "alpha", "centered",
+                      "amsgrad", "maximize", "rho", "lr_decay", "decoupled_weight_decay")
+
 
 class SupervisedModule(pl.LightningModule):
     """Train ``net`` on ``(inputs, targets)`` batches with the loss the datamodule names.
@@ -165,6 +170,35 @@ class SupervisedModule(pl.LightningModule):
         if state is not None:
             for key, value in self.val_best.state_dict(prefix="val_best.").items():
                 state.setdefault(key, value)
+
+    def check_resume(self, checkpoint: Dict[str, Any]) -> None:
+        """Whether a Lightning checkpoint continues this module, checked before fit: the same
+        network (parameter names and shapes) and the same optimizer (its class, by the keys of its
+        parameter group, and the values in :data:`OPTIMIZER_SETTINGS`).
+
+        Raises:
+            ValueError: saying what differs and what to resume with.
+        """
+        ours = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()}
+        if ours != theirs:
+            diff = sorted(set(ours.items()) ^ set(theirs.items()))[:2]
+            raise ValueError(f"holds another model than this run's (first differences: {diff}); "
+                             "resume with the overrides of the run that wrote it")
+        saved_groups = [s.get("param_groups", [{}])[0] for s in checkpoint.get("optimizer_states", [])]
+        if not saved_groups:
+            return
+        optimizer = self.optimizer_factory(params=[nn.Parameter(torch.zeros(1))])  # a stand-in, for its settings
+        saved, group, name = saved_groups[0], optimizer.param_groups[0], type(optimizer).__name__
+        if set(saved) - {"params", "initial_lr"} != set(group) - {"params", "initial_lr"}:
+            raise ValueError(f"was trained with another optimizer than {name}; pass the run's own optim=")
+        plain = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+        differ = [k for k in OPTIMIZER_SETTINGS if k in saved and k in group and plain(saved[k]) != plain(group[k])]
+        if differ:
+            there = ", ".join(f"{k}={saved[k]!r}" for k in differ)
+            here = ", ".join(f"{k}={group[k]!r}" for k in differ)
+            raise ValueError(f"was trained with {name}({there}), this run has {name}({here}); "
+                             "pass the run's own optim= and its overrides")
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
