@@ -19,8 +19,10 @@ __all__ = ["training_groups"]
 
 
 def _options(folder: Path) -> List[str]:
-    """The options of a group folder: its files, and those of its subfolders as ``sub/name``."""
-    return sorted(str(path.relative_to(folder).with_suffix("")) for path in folder.rglob("*.yaml"))
+    """The options of a group folder: its files, and those of its subfolders as ``sub/name``
+    (except ``base/``: files the options pull in through their defaults lists, not options)."""
+    return sorted(str(path.relative_to(folder).with_suffix("")) for path in folder.rglob("*.yaml")
+                  if "base" not in path.relative_to(folder).parts[:-1])
 
 
 def training_groups(root: str = "train", conf: Optional[str] = None) -> str:

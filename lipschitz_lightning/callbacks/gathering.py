@@ -20,7 +20,7 @@ import math
 import random
 import sys
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -29,6 +29,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from lipschitz_lightning.math.bounds import curvature_weights, spectral_norm_upper_bound
+from lipschitz_lightning.math.rules import Statistic
 from lipschitz_lightning.math.statistics import A2, LOSS, NLOSS, OUT2, ROWS, Y2, HeadStats, StepLayout, summarize_steps
 
 __all__ = ["LipschitzLRError", "HeadGathering", "find_head"]
@@ -79,7 +80,7 @@ class HeadGathering:
     source: str
     probe_batches: Optional[int]
     init_probe_batches: int
-    _layout_needs: frozenset
+    _layout_needs: FrozenSet[Statistic]
 
     def _init_gathering(self) -> None:
         self._head: Optional[nn.Linear] = None
@@ -99,10 +100,11 @@ class HeadGathering:
 
     def _install_hooks(self, pl_module: pl.LightningModule) -> None:
         self.head_name, self._head = find_head(pl_module, self.head_name)
-        self._needs_s = "A4" in self._layout_needs
+        needs = self._layout_needs
+        self._needs_s = Statistic.SQUARES in needs
         self._layout = StepLayout(
-            width=self._head.in_features, colabs="colabs" in self._layout_needs, spec="spec" in self._layout_needs,
-            curv="curv" in self._layout_needs,
+            width=self._head.in_features, colabs=Statistic.COLUMN_L1 in needs, spec=Statistic.SPECTRAL in needs,
+            curv=Statistic.CURVATURE in needs,
         )
         self._remove_hooks()
         self._handles.append(self._head.register_forward_pre_hook(self._record_input))

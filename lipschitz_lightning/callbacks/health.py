@@ -281,7 +281,7 @@ class RunHealth(pl.Callback):
         else:
             advice = ("try a smaller first rate (lr.first_epoch=0.1), standardised inputs (dataset.scale=standard)"
                       + ("" if any(cb.guard for cb in lipschitz)
-                         else " or a guarded LipschitzLR rule (optim=smooth, or +optim.callback.guard=true)"))
+                         else " or the rollback guard (optim.callback.guard=true, the default)"))
         raise UnhealthyRunError(
             f"run stopped in epoch {trainer.current_epoch + 1} (learning rate {rate}): {'; '.join(findings)}; {advice}"
         )

@@ -19,7 +19,9 @@ moves to the host and no collective runs per step; at epoch end one ``all_reduce
 per-step vectors makes ``K_z`` the norm of the *global* batch, so N devices x batch b give the
 rate of one device x batch N*b (spec section 4).
 
-The guard (on by default for the rules beyond the paper, off for the paper's four): when an
+The guard (on by default for every rule, the paper's four included; ``guard=False``, or
+``optim.callback.guard=false`` in the app, is the raw rule): it changes no rate until an epoch
+fails, and each rollback is one WARNING log line. When an
 epoch's training loss turns non-finite or its mean or end rises above ``guard_loss_factor`` times where it started
 (the previous epoch's end; in the first epoch, the loss of the initial weights) by more than its
 noise (``guard_loss_z`` standard errors; ``math.guard.loss_rose``), or the
@@ -59,15 +61,17 @@ Example::
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from lipschitz_lightning.callbacks.gathering import HeadGathering, LipschitzLRError, find_head
+from lipschitz_lightning.callbacks.policy import check_optimizer, optimizer_fit, policy_of
 from lipschitz_lightning.math import bounds
 from lipschitz_lightning.math.bounds import LOSSES
 from lipschitz_lightning.math.rules import (
@@ -88,6 +92,8 @@ from lipschitz_lightning.math.statistics import HeadStats
 
 __all__ = ["LipschitzLR", "LipschitzLRError", "check_optimizer", "find_head"]
 
+log = logging.getLogger(__name__)
+
 SOURCES = ("hooks", "probe")
 SNAPSHOTS = ("device", "cpu")
 #: A first-epoch check may raise the rate (``first_epoch_growth``) only while the largest
@@ -95,26 +101,6 @@ SNAPSHOTS = ("device", "cpu")
 #: the features are not growing (the largest of a few more batches scatters by a few percent; the
 #: digits MLP's features grow several-fold between checks). See :func:`_steady`.
 STEADY = 0.9
-
-
-def check_optimizer(rule: str, optimizer: torch.optim.Optimizer) -> None:
-    """Raise ``ValueError`` if ``optimizer`` does not fit ``rule`` (its registry entry says which).
-
-    Adaptive SGD and ``gradbound`` need plain SGD, AdaMo SGD with momentum (ideally
-    ``dampening=momentum``, the EWMA velocity of the paper; a warning says so otherwise),
-    ``smooth`` any SGD, adaptive RMSprop needs RMSprop and Auto-Adam Adam or AdamW.
-    """
-    entry = get_rule(rule)
-    group = optimizer.param_groups[0]
-    if not entry.optimizer.fits(optimizer):
-        momentum = group.get("momentum", 0.0)
-        detail = f" (momentum={momentum})" if isinstance(optimizer, torch.optim.SGD) else ""
-        raise ValueError(
-            f"LipschitzLR rule {rule!r} needs {entry.optimizer.needs}; got {type(optimizer).__name__}{detail}"
-        )
-    advice = entry.optimizer.advice(group)
-    if advice:
-        rank_zero_warn(f"LipschitzLR rule {rule!r}: {advice}")
 
 
 def _is_positive_number(x: Any) -> bool:
@@ -151,9 +137,11 @@ class LipschitzLR(HeadGathering, pl.Callback):
         decay: Keras time-based decay ``lr / (1 + decay * step)`` on top (reference code; 0=off).
         max_lr: optional cap on the rate (off by default).
         max_growth: optional cap on the growth factor of the rate from one epoch to the next;
-            ``None``: the rule's default (off for the paper's rules, 4 for ``smooth`` and ``curvature``).
+            ``None``: the rule's default (:data:`~lipschitz_lightning.callbacks.policy.POLICIES`:
+            4 for ``smooth`` and ``curvature``, off for the others).
         guard: roll an epoch back when it fails (see module docstring); ``None``: the rule's
-            default (on for the new rules, off for the paper's).
+            default, on for every rule (the paper's included: no rate changes until it fires);
+            ``False``: the raw rule.
         guard_loss_factor: an epoch fails when the mean loss of its steps, or of its last quarter,
             exceeds this times the reference: the previous accepted epoch's last-quarter mean, or in the
             first epoch the first step's loss (the loss of the initial weights)...
@@ -173,6 +161,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
         first_epoch_checks: re-check the first epoch's rate at its optimizer steps 1, 2, 4, 8, ...
             on the statistics so far, lowering it when the features grew (one host sync each,
             first epoch only); ``None``: the rule's default (on for gradbound, smooth, curvature).
+            The training app sets ``max_growth``, ``guard``, ``first_epoch_checks`` and
+            ``first_epoch_growth`` from ``conf/optim/<rule>.yaml``.
         first_epoch_growth: with the checks, let each raise the first epoch's rate by at most this
             factor towards the rule's full update (momentum's gain included) on the statistics so
             far, instead of holding it at the plain step; 1: off; ``None``: the rule's default (2
@@ -276,8 +266,9 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self.init_probe_batches = init_probe_batches
         self.decay = float(decay)
         self.max_lr = max_lr
-        self.max_growth = entry.max_growth if max_growth is None else max_growth
-        self.guard = entry.guard if guard is None else bool(guard)
+        policy = policy_of(rule)  # the drop-in defaults; the app passes conf/optim's values
+        self.max_growth = policy.max_growth if max_growth is None else max_growth
+        self.guard = policy.guard if guard is None else bool(guard)
         self.guard_loss_factor = float(guard_loss_factor)
         self.guard_loss_z = float(guard_loss_z)
         self.guard_collapse = float(guard_collapse)
@@ -285,8 +276,8 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self.guard_snapshot = guard_snapshot
         self.max_rollbacks = max_rollbacks
         self.guard_lift = float(guard_lift)
-        self.first_epoch_checks = entry.first_epoch_checks if first_epoch_checks is None else bool(first_epoch_checks)
-        self.first_epoch_growth = entry.first_epoch_growth if first_epoch_growth is None else float(first_epoch_growth)
+        self.first_epoch_checks = policy.first_epoch_checks if first_epoch_checks is None else bool(first_epoch_checks)
+        self.first_epoch_growth = policy.first_epoch_growth if first_epoch_growth is None else float(first_epoch_growth)
         self._layout_needs = entry.statistics
 
         # Scheduling state (saved in checkpoints).
@@ -369,7 +360,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self._allocate(pl_module.device)
 
     def _resolve_betas(self, group: Dict[str, Any]) -> Tuple[float, float]:
-        b1, b2 = self._rule.optimizer.betas(group)
+        b1, b2 = optimizer_fit(self.rule).betas(group)
         if self.betas is None:
             return b1, b2
         if isinstance(self.betas, (int, float)):
@@ -696,9 +687,11 @@ class LipschitzLR(HeadGathering, pl.Callback):
                 f"LipschitzLR: epoch {trainer.current_epoch} failed after {self.max_rollbacks} rollbacks in a row "
                 f"({reason}); lower the rate (first_epoch_lr, max_lr) or check the data"
             )
-        rank_zero_warn(
+        # A log line (not a Python warning, which filters and PYTHONWARNINGS=ignore drop) each time.
+        _log_rank_zero(
             f"LipschitzLR guard: in epoch {trainer.current_epoch} {reason}; restored the weights and optimizer "
-            f"state of its start and retrying at lr={retry_lr:.6g}"
+            f"state of its start and retrying at lr={retry_lr:.6g} (rollback {self.rollbacks}; "
+            f"guard=False for the raw rule)"
         )
 
     # ------------------------------------------------------------------ checkpointing
@@ -749,6 +742,11 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self._load_pending(state_dict)
         self._restored_mid_epoch = bool(self._steps)
         self._restored = self.lr is not None
+
+
+@rank_zero_only
+def _log_rank_zero(message: str) -> None:
+    log.warning(message)
 
 
 def _steady(stats: HeadStats) -> bool:

@@ -21,17 +21,18 @@ Beyond the paper (``docs/rules.md``): ``adamo_consistent`` (AdaMo with ``K`` see
 ``curvature`` (the same step from the head's curvature at the weights the epoch visited).
 
 A rule is one :class:`Rule` entry of :data:`RULES`: its update, the bound it feeds the update
-with (:func:`epoch_bound`), its first-epoch default, the statistics it needs, how it seeds its
-state, the keys it logs and the optimizer it fits. The callback looks everything up there.
+with (:func:`epoch_bound`), its first-epoch default, the statistics it needs (:class:`Statistic`),
+how it seeds its state, the keys it logs and the optimizer it assumes (:class:`OptimizerKind`).
+Pure math: no torch optimizer and no Lightning here. The callback's policy around a rule (guard,
+growth cap, first-epoch checks) is ``LipschitzLR``'s arguments, set in ``conf/optim/<rule>.yaml``.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, replace
 from typing import Callable, FrozenSet, Optional, Tuple, Union
-
-import torch
 
 from lipschitz_lightning.math import bounds
 from lipschitz_lightning.math.statistics import HeadStats
@@ -39,7 +40,8 @@ from lipschitz_lightning.math.statistics import HeadStats
 __all__ = [
     "RULES",
     "Rule",
-    "OptimizerFit",
+    "Statistic",
+    "OptimizerKind",
     "get_rule",
     "epoch_bound",
     "paper_bound",
@@ -210,61 +212,32 @@ def smoothness_bound(stats: HeadStats, loss: str, k: int, weight_decay: float) -
     return EpochStats(L=beta, G2=0.0, k_z=stats.k_z)
 
 
-# --- the optimizer a rule fits ------------------------------------------------------------------
+# --- what a rule needs beyond the bound's basic statistics ------------------------------------
 
 
-def _sgd_momentum(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0].get("momentum", 0.0) or 0.0)
+class Statistic(enum.Enum):
+    """An optional per-step statistic a rule's bound needs, beyond ``||A||_F``, ``m``, the loss and
+    the head's weights that every rule gets (``math.statistics.StepLayout`` has its columns)."""
+
+    #: ``||A * A||_F^2``, the ``S`` of the second-moment estimate ``G2`` (RMSprop, Auto-Adam).
+    SQUARES = "A4"
+    #: ``sum_i |a_il|`` per input feature (``gradbound``'s provable gradient bound).
+    COLUMN_L1 = "colabs"
+    #: an upper bound on ``||A||_2^2`` per step (``smooth``).
+    SPECTRAL = "spec"
+    #: an upper bound on ``lambda_max(A^T C A)`` per step (``curvature``; needs the logits).
+    CURVATURE = "curv"
 
 
-@dataclass(frozen=True)
-class OptimizerFit:
-    """Which torch optimizer a rule schedules, and where its betas come from.
+class OptimizerKind(enum.Enum):
+    """The optimizer a rule's derivation assumes (the callback checks the torch optimizer against
+    it and reads the betas from it: ``callbacks.policy.OPTIMIZER_FITS``)."""
 
-    Attributes:
-        needs: what to tell a user whose optimizer does not fit.
-        fits: ``optimizer -> bool``.
-        betas: ``param_group -> (beta1, beta2)``.
-        advice: ``param_group -> message or None``: a fitting but doubtful setting (warned).
-    """
-
-    needs: str
-    fits: Callable[[torch.optim.Optimizer], bool]
-    betas: Callable[[dict], Tuple[float, float]] = lambda group: (0.9, 0.999)
-    advice: Callable[[dict], Optional[str]] = lambda group: None
-
-
-def _ewma_velocity_advice(group: dict) -> Optional[str]:
-    momentum, dampening = group.get("momentum", 0.0), group.get("dampening", 0.0)
-    if dampening != momentum:
-        return (
-            f"SGD(momentum={momentum}, dampening={dampening}) is not the EWMA velocity "
-            f"v <- b v + (1-b) g the paper assumes; use dampening={momentum}"
-        )
-    return None
-
-
-PLAIN_SGD = OptimizerFit(
-    "torch.optim.SGD without momentum",
-    lambda o: isinstance(o, torch.optim.SGD) and _sgd_momentum(o) == 0,
-)
-MOMENTUM_SGD = OptimizerFit(
-    "torch.optim.SGD with momentum > 0",
-    lambda o: isinstance(o, torch.optim.SGD) and _sgd_momentum(o) > 0,
-    betas=lambda g: (float(g["momentum"]), 0.999),
-    advice=_ewma_velocity_advice,
-)
-ANY_SGD = OptimizerFit("torch.optim.SGD", lambda o: isinstance(o, torch.optim.SGD))
-RMSPROP = OptimizerFit(
-    "torch.optim.RMSprop",
-    lambda o: isinstance(o, torch.optim.RMSprop),
-    betas=lambda g: (0.9, float(g["alpha"])),
-)
-ADAM = OptimizerFit(
-    "torch.optim.Adam or torch.optim.AdamW",
-    lambda o: isinstance(o, (torch.optim.Adam, torch.optim.AdamW)),
-    betas=lambda g: (float(g["betas"][0]), float(g["betas"][1])),
-)
+    PLAIN_SGD = "SGD without momentum"
+    MOMENTUM_SGD = "SGD with momentum"
+    ANY_SGD = "SGD"
+    RMSPROP = "RMSprop"
+    ADAM = "Adam or AdamW"
 
 
 # --- the registry -----------------------------------------------------------------------------
@@ -286,29 +259,25 @@ def _consistent_adamo_seed(first_epoch_lr: float, probe_L: Optional[float]) -> R
 
 @dataclass(frozen=True)
 class Rule:
-    """Everything about one learning-rate rule, in one place.
+    """The math of one learning-rate rule, in one place. What the callback does around it (the
+    rollback guard, growth cap, first-epoch checks) is not here: it is ``LipschitzLR``'s arguments,
+    set per rule in ``conf/optim/<name>.yaml`` (their defaults for a drop-in callback:
+    ``callbacks.policy.POLICIES``).
 
     Attributes:
         name: the name configs and the callback use.
         summary: one line for docs and errors.
         update: ``(state, epoch_stats, hyper) -> (lr, new_state)``.
         bound: ``(head_stats, loss, k, weight_decay) -> EpochStats``: the epoch's bound.
-        optimizer: the torch optimizer it schedules and its betas.
+        optimizer: the optimizer its derivation assumes (its betas come from it).
         first_epoch_lr: the first-epoch rate without an override: a float, or ``"auto"`` (the
             rule's first update on a no-grad probe of the initial weights).
         seed: ``(first_epoch_lr, probe_L or None) -> RuleState`` before the first update.
-        statistics: which optional step columns it needs: ``"A4"`` (S), ``"colabs"``, ``"spec"``.
+        statistics: the optional per-step statistics its bound needs (:class:`Statistic`).
         logged: the state fields logged as ``lipschitz/<field>``.
         losses: the losses its bound is derived for.
         bounds_gradient: its ``L`` bounds the gradient's entries (so ``grad_max_over_L`` is logged).
         single_beta: which of ``(beta1, beta2)`` a single ``betas=`` float sets.
-        max_growth: the default cap on the rate's growth from one epoch to the next (None: off).
-        guard: whether the rollback guard is on by default.
-        first_epoch_checks: whether the first epoch's rate is re-checked at steps 1, 2, 4, 8, ...
-            of that epoch by default (lowered to the plain step when the features grew).
-        first_epoch_growth: with the checks, the factor by which a check may raise the first
-            epoch's rate towards the full update (momentum's gain included) from the statistics
-            so far (None: the checks only lower it, to the plain step; docs/rules.md section 7).
         paper: one of the paper's four rules (kept exactly as published).
     """
 
@@ -316,47 +285,42 @@ class Rule:
     summary: str
     update: Update
     bound: Bound
-    optimizer: OptimizerFit
+    optimizer: OptimizerKind
     first_epoch_lr: Union[float, str] = "auto"
     seed: Callable[[float, Optional[float]], RuleState] = _zero_seed
-    statistics: FrozenSet[str] = frozenset()
+    statistics: FrozenSet[Statistic] = frozenset()
     logged: Tuple[str, ...] = ()
     losses: Tuple[str, ...] = bounds.LOSSES
     bounds_gradient: bool = True
     single_beta: int = 0
-    max_growth: Optional[float] = None
-    guard: bool = False
-    first_epoch_checks: bool = False
-    first_epoch_growth: Optional[float] = None
     paper: bool = False
 
 
 _CLASSIFICATION = ("softmax_ce", "bce")
+_SGD, _MOMENTUM, _ANY_SGD = OptimizerKind.PLAIN_SGD, OptimizerKind.MOMENTUM_SGD, OptimizerKind.ANY_SGD
+_S = frozenset({Statistic.SQUARES})
 
 #: Rule name -> its description (the names the callback and ``conf/optim`` use).
 RULES: dict[str, Rule] = {
     rule.name: rule
     for rule in (
-        Rule("sgd", "adaptive SGD (paper): lr = 1/L", adaptive_sgd, paper_bound, PLAIN_SGD, paper=True),
+        Rule("sgd", "adaptive SGD (paper): lr = 1/L", adaptive_sgd, paper_bound, _SGD, paper=True),
         Rule("adamo", "AdaMo (paper Algorithm 1): K <- b K + (1-b) L, lr = 1/K, K_0 = x", adamo, paper_bound,
-             MOMENTUM_SGD, first_epoch_lr=0.1, seed=_paper_adamo_seed, logged=("K1",), paper=True),
+             _MOMENTUM, first_epoch_lr=0.1, seed=_paper_adamo_seed, logged=("K1",), paper=True),
         Rule("rmsprop", "adaptive RMSprop (reference code): lr = (sqrt(K2)+eps)/K_z", adaptive_rmsprop,
-             paper_bound, RMSPROP, statistics=frozenset({"A4"}), logged=("K2",), single_beta=1, paper=True),
-        Rule("adam", "Auto-Adam (paper Algorithm 3): lr = (sqrt(K2)+eps)/K1", auto_adam, paper_bound, ADAM,
-             first_epoch_lr=1e-3, statistics=frozenset({"A4"}), logged=("K1", "K2"), paper=True),
+             paper_bound, OptimizerKind.RMSPROP, statistics=_S, logged=("K2",), single_beta=1, paper=True),
+        Rule("adam", "Auto-Adam (paper Algorithm 3): lr = (sqrt(K2)+eps)/K1", auto_adam, paper_bound,
+             OptimizerKind.ADAM, first_epoch_lr=1e-3, statistics=_S, logged=("K1", "K2"), paper=True),
         Rule("adamo_consistent", "AdaMo with K seeded at 1/x, the Lipschitz constant of the first rate",
-             adamo, paper_bound, MOMENTUM_SGD, first_epoch_lr=0.1, seed=_consistent_adamo_seed,
-             logged=("K1",), guard=True),
+             adamo, paper_bound, _MOMENTUM, first_epoch_lr=0.1, seed=_consistent_adamo_seed, logged=("K1",)),
         Rule("gradbound", "lr = 1/G, G a provable bound on every entry of the head's gradient", adaptive_sgd,
-             gradient_bound, PLAIN_SGD, statistics=frozenset({"colabs"}), losses=_CLASSIFICATION,
-             guard=True, first_epoch_checks=True),
+             gradient_bound, _SGD, statistics=frozenset({Statistic.COLUMN_L1}), losses=_CLASSIFICATION),
         Rule("smooth", "lr = (1+mu)/((1-d) beta), beta = ||A||_2^2/(2m) + lambda, the head's smoothness",
-             momentum_step, smoothness_bound, ANY_SGD, statistics=frozenset({"spec"}), losses=_CLASSIFICATION,
-             bounds_gradient=False, max_growth=4.0, guard=True, first_epoch_checks=True),
+             momentum_step, smoothness_bound, _ANY_SGD, statistics=frozenset({Statistic.SPECTRAL}),
+             losses=_CLASSIFICATION, bounds_gradient=False),
         Rule("curvature", "lr = (1+mu)/((1-d) beta), beta = lambda_max(A^T C A)/m + lambda, the head's curvature "
-             "at the visited weights", momentum_step, curvature_bound, ANY_SGD, statistics=frozenset({"curv"}),
-             losses=_CLASSIFICATION, bounds_gradient=False, max_growth=4.0, guard=True, first_epoch_checks=True,
-             first_epoch_growth=2.0),
+             "at the visited weights", momentum_step, curvature_bound, _ANY_SGD,
+             statistics=frozenset({Statistic.CURVATURE}), losses=_CLASSIFICATION, bounds_gradient=False),
     )
 }
 

@@ -1,0 +1,141 @@
+"""What ``LipschitzLR`` does around a rule's math: its default policy per rule (rollback guard,
+growth cap, first-epoch checks) and the torch optimizer each rule fits.
+
+The training app sets the policy in ``conf/optim/<rule>.yaml`` (one shared base file,
+``conf/optim/base/lipschitz.yaml``, plus each file's own values); :data:`POLICIES` holds the same
+defaults for a drop-in ``LipschitzLR(rule=...)`` that passes none of them, so that both start a
+rule the same way. A rule without an entry gets :data:`DEFAULT_POLICY`: guard on, no cap, no
+checks. The guard is on for every rule, the paper's four included: it changes no rate until it
+fires (``guard=False`` gives the raw rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+
+from lipschitz_lightning.math.rules import OptimizerKind, get_rule
+
+__all__ = ["DEFAULT_POLICY", "OPTIMIZER_FITS", "OptimizerFit", "POLICIES", "RulePolicy", "check_optimizer", "optimizer_fit",
+           "policy_of"]
+
+
+@dataclass(frozen=True)
+class RulePolicy:
+    """The callback's defaults around one rule (``LipschitzLR``'s arguments of the same names).
+
+    Attributes:
+        guard: the rollback guard on.
+        max_growth: cap on the rate's growth from one epoch to the next (None: off).
+        first_epoch_checks: re-check the first epoch's rate at its steps 1, 2, 4, 8, ...
+        first_epoch_growth: with the checks, the factor by which a check may raise the first
+            epoch's rate towards the full update (None: off).
+    """
+
+    guard: bool = True
+    max_growth: Optional[float] = None
+    first_epoch_checks: bool = False
+    first_epoch_growth: Optional[float] = None
+
+
+DEFAULT_POLICY = RulePolicy()
+
+#: Rule name -> its defaults, where they differ from :data:`DEFAULT_POLICY` (the same values as
+#: ``conf/optim``'s files; a test composes each file and compares).
+POLICIES: Dict[str, RulePolicy] = {
+    "gradbound": RulePolicy(first_epoch_checks=True),
+    "smooth": RulePolicy(max_growth=4.0, first_epoch_checks=True),
+    "curvature": RulePolicy(max_growth=4.0, first_epoch_checks=True, first_epoch_growth=2.0),
+}
+
+
+def policy_of(rule: str) -> RulePolicy:
+    """The drop-in defaults of ``rule``."""
+    return POLICIES.get(rule, DEFAULT_POLICY)
+
+
+# --- the torch optimizer a rule fits -------------------------------------------------------------
+
+
+def _sgd_momentum(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0].get("momentum", 0.0) or 0.0)
+
+
+@dataclass(frozen=True)
+class OptimizerFit:
+    """Which torch optimizer fits an :class:`~lipschitz_lightning.math.rules.OptimizerKind`, and
+    where its betas come from.
+
+    Attributes:
+        needs: what to tell a user whose optimizer does not fit.
+        fits: ``optimizer -> bool``.
+        betas: ``param_group -> (beta1, beta2)``.
+        advice: ``param_group -> message or None``: a fitting but doubtful setting (warned).
+    """
+
+    needs: str
+    fits: Callable[[torch.optim.Optimizer], bool]
+    betas: Callable[[dict], Tuple[float, float]] = lambda group: (0.9, 0.999)
+    advice: Callable[[dict], Optional[str]] = lambda group: None
+
+
+def _ewma_velocity_advice(group: dict) -> Optional[str]:
+    momentum, dampening = group.get("momentum", 0.0), group.get("dampening", 0.0)
+    if dampening != momentum:
+        return (
+            f"SGD(momentum={momentum}, dampening={dampening}) is not the EWMA velocity "
+            f"v <- b v + (1-b) g the paper assumes; use dampening={momentum}"
+        )
+    return None
+
+
+#: The optimizer kinds of the rules -> the torch optimizers that fit them.
+OPTIMIZER_FITS: Dict[OptimizerKind, OptimizerFit] = {
+    OptimizerKind.PLAIN_SGD: OptimizerFit(
+        "torch.optim.SGD without momentum",
+        lambda o: isinstance(o, torch.optim.SGD) and _sgd_momentum(o) == 0,
+    ),
+    OptimizerKind.MOMENTUM_SGD: OptimizerFit(
+        "torch.optim.SGD with momentum > 0",
+        lambda o: isinstance(o, torch.optim.SGD) and _sgd_momentum(o) > 0,
+        betas=lambda g: (float(g["momentum"]), 0.999),
+        advice=_ewma_velocity_advice,
+    ),
+    OptimizerKind.ANY_SGD: OptimizerFit("torch.optim.SGD", lambda o: isinstance(o, torch.optim.SGD)),
+    OptimizerKind.RMSPROP: OptimizerFit(
+        "torch.optim.RMSprop",
+        lambda o: isinstance(o, torch.optim.RMSprop),
+        betas=lambda g: (0.9, float(g["alpha"])),
+    ),
+    OptimizerKind.ADAM: OptimizerFit(
+        "torch.optim.Adam or torch.optim.AdamW",
+        lambda o: isinstance(o, (torch.optim.Adam, torch.optim.AdamW)),
+        betas=lambda g: (float(g["betas"][0]), float(g["betas"][1])),
+    ),
+}
+
+
+def optimizer_fit(rule: str) -> OptimizerFit:
+    """The :class:`OptimizerFit` of ``rule``'s optimizer kind."""
+    return OPTIMIZER_FITS[get_rule(rule).optimizer]
+
+
+def check_optimizer(rule: str, optimizer: torch.optim.Optimizer) -> None:
+    """Raise ``ValueError`` if ``optimizer`` does not fit ``rule`` (its registry entry says which).
+
+    Adaptive SGD and ``gradbound`` need plain SGD, AdaMo SGD with momentum (ideally
+    ``dampening=momentum``, the EWMA velocity of the paper; a warning says so otherwise),
+    ``smooth`` any SGD, adaptive RMSprop needs RMSprop and Auto-Adam Adam or AdamW.
+    """
+    fit = optimizer_fit(rule)
+    group = optimizer.param_groups[0]
+    if not fit.fits(optimizer):
+        momentum = group.get("momentum", 0.0)
+        detail = f" (momentum={momentum})" if isinstance(optimizer, torch.optim.SGD) else ""
+        raise ValueError(f"LipschitzLR rule {rule!r} needs {fit.needs}; got {type(optimizer).__name__}{detail}")
+    advice = fit.advice(group)
+    if advice:
+        rank_zero_warn(f"LipschitzLR rule {rule!r}: {advice}")
