@@ -7,7 +7,9 @@ in the wheel. The wheel is built and installed for real (slow: torch is unpacked
 
 from __future__ import annotations
 
+import csv
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -100,3 +102,36 @@ def test_wheel_with_app_extra_runs_the_quickstart_outside_the_repository(fresh_v
     # The configs came from the installed package.
     hydra_yaml = (run_dir / ".hydra" / "hydra.yaml").read_text()
     assert f"{fresh_venv.dir}" in hydra_yaml and str(ROOT / "conf") not in hydra_yaml
+
+
+@pytest.mark.slow
+def test_wheel_runs_the_classical_experiments_and_the_report_outside_the_repository(fresh_venv: FreshVenv, tmp_path: Path):
+    """From the installed wheel (with the [app] and [bench] extras), in a folder outside the clone:
+    the classical experiments and the report read the configs shipped in the package, and the
+    report of the committed results is the committed docs/benchmarks.md."""
+    fresh_venv.pip(f"{fresh_venv.wheel}[app,bench]")
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    tables = workdir / "tables"
+    result = fresh_venv.run(
+        [fresh_venv.python, "-m", "lipschitz_lightning.classical", "dataset=breast_cancer", "max_epochs=50",
+         "curve_epochs=5", "dataset.accuracy_epochs=5", "progress_seconds=null", f"results_dir={tables}"],
+        cwd=workdir, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "alpha = 0.1: not reached in 50 epochs" in result.stdout and "breast_cancer: test accuracy after 5 epochs" in result.stdout
+    with open(tables / "classical_table1.csv", newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["dataset"] == "breast_cancer" and row["max_epochs"] == "50" and row["paper_epochs_alpha"] == "37008"
+    (run_dir,) = (workdir / "logs" / "classical" / "runs").iterdir()
+    hydra_yaml = (run_dir / ".hydra" / "hydra.yaml").read_text()
+    assert f"{fresh_venv.dir}" in hydra_yaml and str(ROOT / "conf") not in hydra_yaml  # the packaged configs
+
+    # The report of a copy of the committed results, written below the current folder by default.
+    committed = tmp_path / "committed_results"
+    shutil.copytree(ROOT / "benchmarks" / "results", committed)
+    report = fresh_venv.run([fresh_venv.python, "-m", "lipschitz_lightning.bench.report", f"results_dir={committed}"],
+                            cwd=workdir, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (workdir / "docs" / "benchmarks.md").read_text() == (ROOT / "docs" / "benchmarks.md").read_text()
+    assert sorted(p.name for p in (workdir / "docs" / "img").iterdir()) == sorted(p.name for p in (ROOT / "docs" / "img").glob("*.png"))
