@@ -55,6 +55,7 @@ def test_every_suite_composes_and_plans(suite: str, tmp_path: Path):
         assert train_cfg.paths.data_dir == "/data"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("methods", METHOD_FILES)
 def test_every_method_list_composes_with_the_training_app(methods: str, tmp_path: Path):
     cfg = load_config([f"methods={methods}", f"results_dir={tmp_path}"])

@@ -124,6 +124,7 @@ def test_mnist_table2_on_generated_files(tmp_path: Path):
     assert row["m_train"] == 30 and row["m_test"] == 10 and 0.0 <= row["acc_inv_L"] <= 1.0
 
 
+@pytest.mark.slow
 def test_cli_prints_epochs_for_both_rates(tmp_path: Path):
     proc = run_cli(["dataset=iris", "max_epochs=30", "curve_epochs=5", "table2=false",
                     f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
@@ -132,6 +133,7 @@ def test_cli_prints_epochs_for_both_rates(tmp_path: Path):
     assert "alpha = 1/L = " in proc.stdout and "paper: T_L=0.2" in proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_missing_data_is_one_line(tmp_path: Path):
     proc = run_cli(["dataset=boston", f"data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 2

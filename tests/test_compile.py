@@ -40,6 +40,7 @@ def fit(rule, compiled, epochs=4):
     return rates, counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["adam", "smooth", "curvature"])
 def test_compiled_model_compiles_once_and_keeps_the_rates(rule):
     torch._dynamo.reset()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, run_cli
 
 
+@pytest.mark.slow
 def test_help_lists_the_training_groups_with_all_their_options_and_no_other_entry_points(tmp_path: Path) -> None:
     result = run_cli(["--help"], cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
