@@ -76,6 +76,8 @@ def load(path: os.PathLike | str) -> Dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported operand" in str(exc):
+            raise  # not a pickle at all (a text file, say): no checkpoint, rather than an unsafe one
         found = re.search(r"(?:GLOBAL|global) ([\w.]+ [\w.]+|[\w.]+)", str(exc))
         what = f" ({found.group(1).replace(' ', '.')})" if found else ""
         raise UnsafeCheckpointError(

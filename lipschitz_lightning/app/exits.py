@@ -29,7 +29,7 @@ from lipschitz_lightning.app import run_folder, signals
 from lipschitz_lightning.app.hydra_callbacks import JobFailed, JobNotRun, JobStopped
 from lipschitz_lightning.app.preflight import USER_ERRORS, ConfigError
 
-__all__ = ["echo", "failure_line", "in_multirun", "resume_command", "run_or_exit", "stop_line"]
+__all__ = ["echo", "failure_line", "in_multirun", "resume_command", "run_or_exit", "stop_line", "to_log_files"]
 
 log = logging.getLogger("lipschitz_lightning.train")
 
@@ -73,8 +73,10 @@ def failure_line(cfg: DictConfig, exc: BaseException) -> Optional[Tuple[str, int
 def blocked_stop_line(resume: str) -> Callable[[str], str]:
     """The line of a DDP rank that a stop signal found blocked on a peer (see signals.StopWatch)."""
     def line(how: str) -> str:
-        return (f"stopped by {how} while DDP rank {signals.rank()} waited for a peer that stopped answering; "
+        text = (f"stopped by {how} while DDP rank {signals.rank()} waited for a peer that stopped answering; "
                 f"no checkpoint of this step; resume with: {resume}")
+        to_log_files(text)  # the watcher writes it to stderr, then ends the process
+        return text
     return line
 
 
@@ -106,6 +108,11 @@ def echo(line: str, log_file: Optional[Path] = None) -> None:
         with open(log_file, "a", encoding="utf-8") as out:
             out.write(line + "\n")
         return
+    to_log_files(line)
+
+
+def to_log_files(line: str) -> None:
+    """Write ``line`` to the logging configuration's file handlers only (not to the terminal)."""
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, line, None, None)
     for handler in _log_files():
         if record.levelno >= handler.level:
