@@ -28,7 +28,8 @@ from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signatu
 from torch import nn
 from torchmetrics import Metric
 
-from lipschitz_lightning.math.bounds import curvature_weights, spectral_norm_upper_bound
+from lipschitz_lightning.math.bounds import spectral_norm_upper_bound
+from lipschitz_lightning.math.losses import curvature_weights, get_loss
 from lipschitz_lightning.math.rules import Statistic
 from lipschitz_lightning.math.statistics import A2, LOSS, NLOSS, OUT2, ROWS, Y2, HeadStats, StepLayout, summarize_steps
 
@@ -108,7 +109,7 @@ class HeadGathering:
         )
         self._remove_hooks()
         self._handles.append(self._head.register_forward_pre_hook(self._record_input))
-        if self.loss == "mse":
+        if get_loss(self.loss).bound_needs_targets:
             self._handles.append(self._head.register_forward_hook(self._record_output))
         if self._layout.curv:
             self._handles.append(self._head.register_forward_hook(self._record_curvature))
@@ -156,7 +157,7 @@ class HeadGathering:
     # ------------------------------------------------------------------ eager per-step bookkeeping
 
     def _record_targets(self, batch: Any) -> None:
-        if self.loss != "mse":
+        if not get_loss(self.loss).bound_needs_targets:
             return
         if not isinstance(batch, (list, tuple)) or len(batch) < 2 or not torch.is_tensor(batch[1]):
             raise LipschitzLRError("LipschitzLR(loss='mse') needs batches of the form (inputs, targets, ...)")

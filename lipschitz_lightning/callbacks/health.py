@@ -51,6 +51,7 @@ import torch
 
 from lipschitz_lightning.callbacks.lipschitz_lr import LipschitzLR
 from lipschitz_lightning.callbacks.safety import NonFiniteError
+from lipschitz_lightning.math.losses import LOSSES
 
 __all__ = ["RunHealth", "UnhealthyRunError"]
 
@@ -257,11 +258,13 @@ class RunHealth(pl.Callback):
         if self.num_classes is not None:
             return self.num_classes
         hparams = getattr(pl_module, "hparams", {}) or {}
-        loss = hparams.get("loss")
-        if loss == "bce":
-            return 2
+        spec = LOSSES.get(hparams.get("loss"))
+        if spec is None:
+            return None
+        if not spec.output_per_class:
+            return spec.fixed_classes or None
         outputs = hparams.get("num_outputs")
-        if loss == "softmax_ce" and isinstance(outputs, int) and outputs >= 2:
+        if isinstance(outputs, int) and outputs >= 2:
             return outputs
         return None
 

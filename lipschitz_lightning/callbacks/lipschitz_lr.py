@@ -73,7 +73,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 from lipschitz_lightning.callbacks.gathering import HeadGathering, LipschitzLRError, find_head
 from lipschitz_lightning.callbacks.policy import check_optimizer, optimizer_fit, policy_of
 from lipschitz_lightning.math import bounds
-from lipschitz_lightning.math.bounds import LOSSES
+from lipschitz_lightning.math.losses import get_loss
 from lipschitz_lightning.math.rules import (
     RULES,
     EpochStats,
@@ -205,8 +205,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         if rule not in RULES:
             raise ValueError(f"LipschitzLR: unknown rule {rule!r}; expected one of {sorted(RULES)}")
         entry = RULES[rule]
-        if loss not in LOSSES:
-            raise ValueError(f"LipschitzLR: unknown loss {loss!r}; expected one of {list(LOSSES)}")
+        get_loss(loss, "LipschitzLR")
         if loss not in entry.losses:
             raise ValueError(
                 f"LipschitzLR: rule {rule!r} is derived for the losses {list(entry.losses)}; got loss {loss!r}"
@@ -326,10 +325,10 @@ class LipschitzLR(HeadGathering, pl.Callback):
             return
         self._install_hooks(pl_module)
         self._k = self.k if self.k is not None else self._head.out_features
-        if self.loss == "softmax_ce" and self._k < 2:
+        if get_loss(self.loss).output_per_class and self._k < 2:
             self._remove_hooks()
             raise ValueError(
-                f"LipschitzLR: loss 'softmax_ce' needs k >= 2 classes; the head {self.head_name!r} "
+                f"LipschitzLR: loss {self.loss!r} needs k >= 2 classes; the head {self.head_name!r} "
                 f"has {self._head.out_features} output(s) (use loss='bce' for one sigmoid output)"
             )
         if self.source == "probe":
@@ -473,7 +472,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
                 detail = (
                     f"the least-squares bound (K_a - |y|) K_z / m is negative while the outputs "
                     f"(K_a={stats.k_a:.4g}) are smaller than the targets (|y|={stats.y_norm:.4g})"
-                    if self.loss == "mse" else f"L={bound.L:.4g}, K_z={stats.k_z:.4g}"
+                    if get_loss(self.loss).bound_needs_targets else f"L={bound.L:.4g}, K_z={stats.k_z:.4g}"
                 )
                 raise LipschitzLRError(
                     f"LipschitzLR: the first-epoch probe of the initial weights gave no usable rate ({detail}); "

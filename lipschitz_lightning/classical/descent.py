@@ -2,7 +2,7 @@
 closed-form L of their losses (:mod:`lipschitz_lightning.math.bounds`).
 
 The models are the project's (:mod:`lipschitz_lightning.models.linear`) with the losses of the
-training app (:data:`lipschitz_lightning.modules.supervised.CRITERIA`). Their ``nn.Linear`` bias is
+training app (:data:`lipschitz_lightning.math.losses.LOSSES`). Their ``nn.Linear`` bias is
 held at zero: the intercept is a column of ones in X (:func:`with_intercept`), scaled like every
 other column, so the bound covers every weight trained (an unscaled bias has a gradient Lipschitz
 constant near 1/4 and makes 1/L steps diverge).
@@ -19,21 +19,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from lipschitz_lightning.math.bounds import (
-    linear_regression_constant,
-    logistic_regression_constant,
-    softmax_regression_constant,
-)
-from lipschitz_lightning.modules.supervised import CRITERIA
+from lipschitz_lightning.math.losses import LOSSES, get_loss
 
 __all__ = ["CONSTANTS", "accuracy", "build_model", "constant", "descend", "increases", "num_outputs", "targets",
            "with_intercept"]
 
 # Loss name -> the paper's closed-form L of the model trained with it, from (X, y, classes).
 CONSTANTS: Dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
-    "bce": lambda x, y, k: logistic_regression_constant(x),
-    "softmax_ce": lambda x, y, k: softmax_regression_constant(x, k),
-    "mse": lambda x, y, k: linear_regression_constant(x, y),
+    name: entry.closed_form_constant for name, entry in LOSSES.items()
 }
 
 
@@ -43,25 +36,22 @@ def with_intercept(x: np.ndarray) -> np.ndarray:
 
 
 def targets(y: np.ndarray, loss: str, dtype: torch.dtype) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(y))
-    return t.long() if loss == "softmax_ce" else t.to(dtype).reshape(-1, 1)
+    return get_loss(loss).targets(y, dtype)
 
 
 def num_outputs(y: np.ndarray, loss: str) -> int:
-    return int(np.max(y)) + 1 if loss == "softmax_ce" else 1
+    spec = get_loss(loss)
+    return spec.num_outputs(int(np.max(y)) + 1) if spec.output_per_class else 1
 
 
 def _loss_fn(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    criterion = CRITERIA[loss]()
-    if loss == "bce":
-        return lambda out, y: criterion(out.reshape(-1), y.reshape(-1))
-    return lambda out, y: criterion(out, y)
+    spec = get_loss(loss)
+    criterion = spec.criterion()
+    return lambda out, y: criterion(*spec.prepare(out, y)[:2])
 
 
 def accuracy(out: torch.Tensor, y: torch.Tensor, loss: str) -> float:
-    if loss == "softmax_ce":
-        return float((out.argmax(dim=1) == y).double().mean())
-    return float(((out.reshape(-1) > 0).to(y.dtype) == y.reshape(-1)).double().mean())
+    return float((get_loss(loss).decide(out).to(y.dtype) == y.reshape(-1)).double().mean())
 
 
 def build_model(cfg: DictConfig, features: int, outputs: int, dtype: torch.dtype, seed: int) -> torch.nn.Module:

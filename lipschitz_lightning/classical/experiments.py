@@ -53,6 +53,7 @@ from lipschitz_lightning.classical.scaling import (
 )
 from lipschitz_lightning.classical.tables import save_table1, save_table2
 from lipschitz_lightning.math.bounds import is_valid_bound
+from lipschitz_lightning.math.losses import get_loss
 
 __all__ = ["run", "table1", "table2"]
 
@@ -64,7 +65,7 @@ def _split(cfg: DictConfig, data: Data, loss: str) -> Tuple[np.ndarray, np.ndarr
     from sklearn.model_selection import train_test_split
 
     return train_test_split(data.x, data.y, test_size=0.3, random_state=int(cfg.seed),
-                            stratify=None if loss == "mse" else data.y)
+                            stratify=data.y if get_loss(loss).is_classification else None)
 
 
 def _choice_row(choice: ScaleChoice) -> Dict[str, object]:
@@ -151,7 +152,7 @@ def table2(cfg: DictConfig, data: Data, dtype: torch.dtype, echo: Optional[Echo]
     """
     loss = str(cfg.dataset.loss)
     epochs = cfg.dataset.get("accuracy_epochs")
-    if loss == "mse" or not epochs:
+    if not get_loss(loss).is_classification or not epochs:
         return None
     x_train, x_test, y_train, y_test = _split(cfg, data, loss)
     raw_train = torch.as_tensor(with_intercept(x_train), dtype=dtype)

@@ -25,7 +25,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from lipschitz_lightning.app.signals import workers_ignore_stop_signals
-from lipschitz_lightning.math.bounds import LOSSES
+from lipschitz_lightning.math.losses import get_loss
 
 
 class DatasetNotFoundError(RuntimeError):
@@ -451,9 +451,4 @@ def class_targets(labels: np.ndarray | torch.Tensor, loss: str) -> torch.Tensor:
     Raises:
         ValueError: On an unknown loss name.
     """
-    tensor = torch.as_tensor(np.asarray(labels))
-    if loss == "softmax_ce":
-        return tensor.to(torch.int64)
-    if loss in ("bce", "mse"):
-        return tensor.to(torch.float32).reshape(-1, 1)
-    raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    return get_loss(loss).targets(labels)

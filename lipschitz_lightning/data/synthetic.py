@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from lipschitz_lightning.data.base import LOSSES, BaseDataModule
+from lipschitz_lightning.data.base import BaseDataModule
+from lipschitz_lightning.math.losses import get_loss
 
 
 class SyntheticDataModule(BaseDataModule):
@@ -60,10 +61,9 @@ class SyntheticDataModule(BaseDataModule):
         shape = tuple(input_shape)
         if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
             raise ValueError(f"SyntheticDataModule: input_shape must be positive ints; got {input_shape!r}")
-        if loss not in LOSSES:
-            raise ValueError(f"SyntheticDataModule: unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
-        if loss == "softmax_ce" and (not isinstance(num_classes, int) or num_classes < 2):
-            raise ValueError(f"SyntheticDataModule: num_classes must be >= 2 for softmax_ce; got {num_classes!r}")
+        spec = get_loss(loss, "SyntheticDataModule")
+        if spec.output_per_class and (not isinstance(num_classes, int) or num_classes < 2):
+            raise ValueError(f"SyntheticDataModule: num_classes must be >= 2 for {loss}; got {num_classes!r}")
         for arg, value in (("num_train", num_train), ("num_test", num_test)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"SyntheticDataModule: {arg} must be an int >= 1; got {value!r}")
@@ -71,8 +71,8 @@ class SyntheticDataModule(BaseDataModule):
             raise ValueError(f"SyntheticDataModule: noise_std must be >= 0; got {noise_std!r}")
         self.input_shape: tuple[int, ...] = shape
         self.loss = loss
-        self.num_classes = num_classes if loss == "softmax_ce" else (2 if loss == "bce" else 0)
-        self.num_outputs = num_classes if loss == "softmax_ce" else 1
+        self.num_classes = spec.num_classes(num_classes)
+        self.num_outputs = spec.num_outputs(num_classes)
         self.num_train = num_train
         self.num_test = num_test
         self.noise_std = float(noise_std)
@@ -89,7 +89,8 @@ class SyntheticDataModule(BaseDataModule):
         """Return ``(train, test)`` datasets; a pure function of the arguments and ``seed``."""
         generator = torch.Generator().manual_seed(self.seed)
         sizes = (self.num_train, self.num_test)
-        if self.loss == "mse":
+        spec = get_loss(self.loss)
+        if not spec.is_classification:
             dim = math.prod(self.input_shape)
             weight = torch.randn(dim, generator=generator) / math.sqrt(dim)
             splits = []
@@ -104,7 +105,7 @@ class SyntheticDataModule(BaseDataModule):
             labels = torch.arange(n) % self.num_classes
             labels = labels[torch.randperm(n, generator=generator)]
             x = prototypes[labels] + self.noise_std * torch.randn(n, *self.input_shape, generator=generator)
-            y = labels if self.loss == "softmax_ce" else labels.to(torch.float32).reshape(n, 1)
+            y = spec.targets(labels)
             splits.append(TensorDataset(x, y))
         return splits[0], splits[1]
 

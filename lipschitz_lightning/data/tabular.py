@@ -14,6 +14,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
 from lipschitz_lightning.data.base import BaseDataModule, class_targets
+from lipschitz_lightning.math.losses import get_loss
 from lipschitz_lightning.math.bounds import scale_columns_to_unit_sum
 
 
@@ -135,7 +136,7 @@ class SklearnDataModule(BaseDataModule):
         if self.train_dataset is not None:
             return
         features, labels = SKLEARN_DATASETS[self.name].loader()
-        stratify = labels if self.loss != "mse" else None
+        stratify = labels if get_loss(self.loss).is_classification else None
         x_train, x_test, y_train, y_test = train_test_split(
             features, labels, test_size=self.test_fraction, random_state=self.seed, stratify=stratify
         )

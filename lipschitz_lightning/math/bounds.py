@@ -22,12 +22,7 @@ import torch
 
 Number = Union[float, torch.Tensor]
 
-#: The losses a bound is derived for: softmax cross-entropy, binary cross-entropy on one sigmoid
-#: output, least squares. Models, datamodules and the callback all name losses by these.
-LOSSES: tuple[str, ...] = ("softmax_ce", "bce", "mse")
-
 __all__ = [
-    "LOSSES",
     "softmax_ce_coefficient",
     "bce_coefficient",
     "least_squares_coefficient",
@@ -38,12 +33,8 @@ __all__ = [
     "tikhonov_term",
     "second_moment_estimate",
     "is_valid_bound",
-    "loss_coefficient",
     "gradient_entry_bound",
     "frobenius_gradient_bound",
-    "HESSIAN_FACTORS",
-    "last_layer_smoothness",
-    "curvature_weights",
     "spectral_norm_upper_bound",
     "scale_columns_to_unit_sum",
     "estimate_weight_bound",
@@ -144,20 +135,6 @@ def is_valid_bound(value: Number) -> bool:
     return math.isfinite(v) and v > 0.0
 
 
-def loss_coefficient(loss: str, k: int, m: float, k_a: Number = 0.0, y_norm: Number = 0.0) -> Number:
-    """The factor ``c`` with ``L_data = c * K_z`` for the named loss (spec section 2).
-
-    ``(k-1)/(k m)`` for ``softmax_ce``, ``1/(2m)`` for ``bce``, ``(K_a - ||y||)/m`` for ``mse``.
-    """
-    if loss == "softmax_ce":
-        return softmax_ce_coefficient(k, m)
-    if loss == "bce":
-        return bce_coefficient(m)
-    if loss == "mse":
-        return least_squares_coefficient(k_a, y_norm, m)
-    raise ValueError(f"unknown loss {loss!r}; expected one of {list(LOSSES)}")
-
-
 # --- bounds of our own (docs/rules.md) ---------------------------------------------------------
 
 
@@ -181,54 +158,6 @@ def frobenius_gradient_bound(a_frobenius: Number, row_norm_max: Number, m: float
     (weaker, but needs only ``||A||_F`` and the largest row norm)."""
     _check_batch(m)
     return min(a_frobenius / math.sqrt(m), row_norm_max)
-
-
-#: Largest eigenvalue of the Hessian of the loss with respect to the logits, per example:
-#: ``diag(p) - p p^T`` (softmax) has eigenvalues at most 1/2 (Gershgorin: ``2 p_j (1 - p_j)``);
-#: ``sigma (1 - sigma)`` (BCE) is at most 1/4.
-HESSIAN_FACTORS = {"softmax_ce": 0.5, "bce": 0.25}
-
-
-def last_layer_smoothness(spectral_over_m: Number, loss: str, weight_decay: Number = 0.0) -> Number:
-    """``beta = h ||A||_2^2 / m + lambda``: the smoothness of the loss in the head's weights.
-
-    The head's Hessian is ``1/m sum_i H_i (x) a_i a_i^T`` with ``H_i <= h I``, so its norm is at
-    most ``h ||A^T A||_2 / m = h ||A||_2^2 / m``; L2 adds ``lambda``. ``spectral_over_m`` is the
-    epoch's largest ``||A||_2^2 / m`` (an upper estimate: :func:`spectral_norm_upper_bound`).
-
-    Raises:
-        ValueError: for a loss without a bounded Hessian factor (``mse`` needs none: its factor
-            is 1, but its curvature in the head is exactly ``||A||_2^2 / m``; not offered).
-    """
-    if loss not in HESSIAN_FACTORS:
-        raise ValueError(f"the smoothness bound is derived for {sorted(HESSIAN_FACTORS)}; got loss {loss!r}")
-    return HESSIAN_FACTORS[loss] * spectral_over_m + weight_decay
-
-
-def curvature_weights(logits: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per example, an upper bound on the largest eigenvalue of the loss's Hessian in the logits,
-    *at these logits* (the ``curvature`` rule; a traceable tensor function, no sync).
-
-    * ``softmax_ce``: ``diag(p) - p p^T`` is ``diag(p)`` minus a PSD rank-one term, so its largest
-      eigenvalue is at most ``max_j p_j`` (Weyl); Gershgorin gives ``max_j 2 p_j (1 - p_j)``. The
-      weight is the smaller, but never below ``1/k``, the exact value for an undecided (uniform)
-      prediction: a confident example's curvature is near 0, but the step that the rate allows
-      can undo its confidence (docs/rules.md section 7). So the weight lies in ``[1/k, 1/2]``,
-      never above the global 1/2 of :data:`HESSIAN_FACTORS`.
-    * ``bce``: ``sigma (1 - sigma)`` per output, at least that of an undecided output (1/4): the
-      global factor (for BCE the undecided prediction is the most curved one).
-
-    ``logits``: ``(m, k)`` (``(m,)`` or ``(m, 1)`` for one BCE output). Returns ``(m,)`` float32.
-    """
-    z = logits.detach().float()
-    z = z.reshape(z.shape[0], -1) if z.dim() > 0 else z.reshape(1, 1)
-    if loss == "softmax_ce":
-        p = torch.softmax(z, dim=-1)
-        local = torch.minimum(p.amax(dim=-1), (2.0 * p * (1.0 - p)).amax(dim=-1))
-        return local.clamp_min(1.0 / z.shape[-1])
-    if loss == "bce":
-        return torch.full(z.shape[:1], HESSIAN_FACTORS["bce"], dtype=z.dtype, device=z.device)
-    raise ValueError(f"curvature weights are derived for {sorted(HESSIAN_FACTORS)}; got loss {loss!r}")
 
 
 def spectral_norm_upper_bound(gram: torch.Tensor, squarings: int = 5) -> torch.Tensor:

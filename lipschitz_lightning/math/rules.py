@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, FrozenSet, Optional, Tuple, Union
 
 from lipschitz_lightning.math import bounds
+from lipschitz_lightning.math.losses import LOSSES, last_layer_smoothness, loss_coefficient
 from lipschitz_lightning.math.statistics import HeadStats
 
 __all__ = [
@@ -186,7 +187,7 @@ Bound = Callable[[HeadStats, str, int, float], EpochStats]
 def paper_bound(stats: HeadStats, loss: str, k: int, weight_decay: float) -> EpochStats:
     """The paper's ``L = c K_z + lambda W`` and ``G2`` (spec sections 2-3)."""
     m = max(stats.m, 1.0)
-    coefficient = bounds.loss_coefficient(loss, k, m, stats.k_a, stats.y_norm)
+    coefficient = loss_coefficient(loss, k, m, stats.k_a, stats.y_norm)
     L = coefficient * stats.k_z + bounds.l2_term(weight_decay, stats.w_max)
     G2 = bounds.second_moment_estimate(coefficient, stats.k_z, stats.s, weight_decay, stats.w_max)
     return EpochStats(L=L, G2=G2, k_z=stats.k_z)
@@ -207,8 +208,8 @@ def curvature_bound(stats: HeadStats, loss: str, k: int, weight_decay: float) ->
 
 
 def smoothness_bound(stats: HeadStats, loss: str, k: int, weight_decay: float) -> EpochStats:
-    """``beta = h ||A||_2^2 / m + lambda`` (:func:`~lipschitz_lightning.math.bounds.last_layer_smoothness`)."""
-    beta = bounds.last_layer_smoothness(stats.spectral, loss, weight_decay)
+    """``beta = h ||A||_2^2 / m + lambda`` (:func:`~lipschitz_lightning.math.losses.last_layer_smoothness`)."""
+    beta = last_layer_smoothness(stats.spectral, loss, weight_decay)
     return EpochStats(L=beta, G2=0.0, k_z=stats.k_z)
 
 
@@ -290,13 +291,13 @@ class Rule:
     seed: Callable[[float, Optional[float]], RuleState] = _zero_seed
     statistics: FrozenSet[Statistic] = frozenset()
     logged: Tuple[str, ...] = ()
-    losses: Tuple[str, ...] = bounds.LOSSES
+    losses: Tuple[str, ...] = tuple(LOSSES)
     bounds_gradient: bool = True
     single_beta: int = 0
     paper: bool = False
 
 
-_CLASSIFICATION = ("softmax_ce", "bce")
+_CLASSIFICATION = tuple(name for name, entry in LOSSES.items() if entry.is_classification)
 _SGD, _MOMENTUM, _ANY_SGD = OptimizerKind.PLAIN_SGD, OptimizerKind.MOMENTUM_SGD, OptimizerKind.ANY_SGD
 _S = frozenset({Statistic.SQUARES})
 

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from lipschitz_lightning.math.bounds import LOSSES  # noqa: F401  (the models import it from here)
+from lipschitz_lightning.math.losses import LOSSES as _REGISTRY
+
+LOSSES: tuple[str, ...] = tuple(_REGISTRY)  # the models import it from here
 
 
 

@@ -11,27 +11,20 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric, MinMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric, MinMetric
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
+
+from lipschitz_lightning.math.losses import LOSSES, HalfMSELoss, get_loss
 
 __all__ = ["CRITERIA", "HalfMSELoss", "SupervisedModule"]
 
-class HalfMSELoss(nn.Module):
-    """The paper's least-squares loss ``1/(2m) sum (a - y)^2`` (eq. 7): half of ``nn.MSELoss``.
-
-    The least-squares bound (eq. 8-9) is derived for this loss; plain ``MSELoss`` has twice its
-    gradient, so ``1/L`` would be twice the safe rate for it.
-    """
-
-    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return 0.5 * nn.functional.mse_loss(output, target)
-
-
 # Loss name (the datamodule's ``loss``) -> criterion: the losses LipschitzLR's bounds are derived for.
-CRITERIA: Dict[str, Callable[[], nn.Module]] = {
-    "softmax_ce": nn.CrossEntropyLoss,
-    "bce": nn.BCEWithLogitsLoss,
-    "mse": HalfMSELoss,
+CRITERIA: Dict[str, Callable[[], nn.Module]] = {name: entry.criterion for name, entry in LOSSES.items()}
+
+# Accuracy metric kind (``Loss.metric``) -> its constructor, from the number of outputs.
+ACCURACY: Dict[str, Callable[[int], Metric]] = {
+    "binary": lambda num_outputs: BinaryAccuracy(),
+    "multiclass": lambda num_outputs: MulticlassAccuracy(num_outputs, average="micro"),
 }
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -86,12 +79,11 @@ class SupervisedModule(pl.LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if loss not in CRITERIA:
-            raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(CRITERIA)}")
-        if loss == "softmax_ce" and num_outputs < 2:
-            raise ValueError(f"loss 'softmax_ce' needs num_outputs >= 2; got {num_outputs}")
-        if loss == "bce" and num_outputs != 1:
-            raise ValueError(f"loss 'bce' needs one output (a logit); got num_outputs={num_outputs}")
+        spec = get_loss(loss)
+        if spec.output_per_class and num_outputs < 2:
+            raise ValueError(f"loss {loss!r} needs num_outputs >= 2; got {num_outputs}")
+        if spec.single_output and num_outputs != 1:
+            raise ValueError(f"loss {loss!r} needs one output (a logit); got num_outputs={num_outputs}")
         for flag, value in (("compile", compile), ("channels_last", channels_last)):
             if not isinstance(value, bool):
                 raise ValueError(f"{flag} must be true or false; got {value!r}")
@@ -110,12 +102,12 @@ class SupervisedModule(pl.LightningModule):
             net.compile()  # in place: state_dict keys and the head's name stay those of the plain net
         self.net = net
         self.optimizer_factory = optimizer
-        self.criterion = CRITERIA[loss]()
-        self.classify = loss != "mse"
+        self.criterion = spec.criterion()
+        self.classify = spec.is_classification
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         if self.classify:
-            make_acc = (lambda: BinaryAccuracy()) if loss == "bce" else (lambda: MulticlassAccuracy(num_outputs, average="micro"))
-            self.train_acc, self.val_acc, self.test_acc = make_acc(), make_acc(), make_acc()
+            make_acc = ACCURACY[spec.metric]
+            self.train_acc, self.val_acc, self.test_acc = (make_acc(num_outputs) for _ in range(3))
             self.val_best = MaxMetric()
         else:
             self.val_best = MinMetric()
@@ -133,16 +125,8 @@ class SupervisedModule(pl.LightningModule):
     def _step(self, batch: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (loss, predictions for the accuracy metric, targets for it)."""
         x, y = batch[0], batch[1]
-        out = self(x)
-        loss_name = self.hparams.loss
-        if loss_name == "softmax_ce":
-            return self.criterion(out, y.long()), out, y.long()
-        if loss_name == "bce":
-            logits = out.reshape(-1)
-            target = y.reshape(-1).to(logits.dtype)
-            return self.criterion(logits, target), torch.sigmoid(logits), target.long()
-        target = y.to(out.dtype).reshape(out.shape)
-        return self.criterion(out, target), out, target
+        inputs, target, preds, metric_target = get_loss(self.hparams.loss).prepare(self(x), y)
+        return self.criterion(inputs, target), preds, metric_target
 
     def _update(self, stage: str, batch: Tuple[torch.Tensor, ...]) -> torch.Tensor:
         loss, preds, targets = self._step(batch)
