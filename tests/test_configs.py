@@ -84,7 +84,7 @@ def test_root_defaults_and_order():
     root = yaml.safe_load((CONF_DIR / "train.yaml").read_text())
     order = [next(iter(entry)) if isinstance(entry, dict) else entry for entry in root["defaults"]]
     assert order == ["_self_", "dataset", "model", "module", "optim", "lr", "trainer", "logger", "callbacks",
-                     "paths", "hydra", "experiment", "hparams_search", "debug"]
+                     "paths", "hydra", "experiment", "hparams_search", "debug", "override hydra/help"]
     cfg = compose_train(hydra_config=True)
     choices = cfg.hydra.runtime.choices
     assert (choices.dataset, choices.model, choices.optim) == ("cifar10", "resnet20", "sgd")

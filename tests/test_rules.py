@@ -519,7 +519,7 @@ def test_guard_on_digits_where_the_paper_sgd_rule_ends_nan(tmp_path: Path):
     quiet = [o for o in tiny_trainer(epochs=4) if "limit_train_batches" not in o]
     cfg = compose_train(path_overrides(tmp_path) + quiet + [
         "dataset=digits", "model=mlp", "model.hidden_sizes=[128,64]", "dataset.batch_size=64", "optim=sgd",
-        "+optim.callback.guard=true"])
+        "optim.callback.guard=true"])
     metrics = train(cfg)
     assert metrics["lipschitz/rollbacks"] >= 1
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/loss"])

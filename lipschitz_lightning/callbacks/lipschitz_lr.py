@@ -304,6 +304,7 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self._lambda = 0.0
         self._k = 0
         self._snapshot: Optional[Dict[str, Any]] = None
+        self._loaded_snapshot: Optional[Dict[str, Any]] = None  # a mid-epoch checkpoint's snapshot
         self._epoch_finished = False
         self._restored_mid_epoch = False
         self.last_stats: Dict[str, float] = {}
@@ -382,8 +383,13 @@ class LipschitzLR(HeadGathering, pl.Callback):
         if not self._restored_mid_epoch:
             self._epoch_max_lr = self.lr
             self._start_rate = None
-        # The guard's snapshot of the epoch's start; none for an epoch resumed mid-way.
-        self._snapshot = self._take_snapshot(trainer, pl_module) if self.guard and not self._restored_mid_epoch else None
+        # The guard's snapshot of the epoch's start; for an epoch resumed mid-way, the one its
+        # checkpoint holds (so the resumed epoch is guarded exactly as the uninterrupted one).
+        if self._restored_mid_epoch:
+            self._snapshot = self._saved_snapshot(pl_module) if self.guard else None
+        else:
+            self._snapshot = self._take_snapshot(trainer, pl_module) if self.guard else None
+        self._loaded_snapshot = None
         self._restored_mid_epoch = False
 
     def on_train_batch_start(
@@ -647,6 +653,19 @@ class LipschitzLR(HeadGathering, pl.Callback):
             "state": self.state,
         }
 
+    def _saved_snapshot(self, pl_module: pl.LightningModule) -> Optional[Dict[str, Any]]:
+        """The epoch-start snapshot a mid-epoch checkpoint held, moved where the guard keeps it."""
+        saved = getattr(self, "_loaded_snapshot", None)
+        if saved is None:
+            return None
+        target = pl_module.device if self.guard_snapshot == "device" else torch.device("cpu")
+        state = saved["state"]
+        return {
+            "model": _to_device(saved["model"], target),
+            "optimizers": _to_device(saved["optimizers"], target),
+            "state": RuleState(K1=float(state["K1"]), K2=float(state["K2"]), t=int(state["t"])),
+        }
+
     def _guard_failure(self, stats: HeadStats) -> Optional[str]:
         """Why this epoch must be rolled back, or ``None``. Identical on every rank: it reads only
         reduced statistics."""
@@ -715,9 +734,17 @@ class LipschitzLR(HeadGathering, pl.Callback):
             "initial_loss": self._initial_loss,
             "first_epoch": list(self._first_epoch),
         }
-        # An interrupted epoch's statistics so far: the steps that finished (empty at epoch boundaries).
+        # An interrupted epoch's statistics so far: the steps that finished (empty at epoch boundaries),
+        # and the guard's snapshot of its start (on the host; plain values only, for weights_only loads).
         pending = self._pending_state() if not self._epoch_finished else {"pending_steps": [], "pending_grad_max": None}
         state.update(pending)
+        if not self._epoch_finished and self._snapshot is not None:
+            snapshot = self._snapshot
+            state["guard_snapshot"] = {
+                "model": _to_host(snapshot["model"]),
+                "optimizers": _to_host(snapshot["optimizers"]),
+                "state": {"K1": snapshot["state"].K1, "K2": snapshot["state"].K2, "t": snapshot["state"].t},
+            }
         return state
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -740,7 +767,24 @@ class LipschitzLR(HeadGathering, pl.Callback):
         self._first_epoch = tuple(state_dict.get("first_epoch") or (self.lr if self.lr is not None else math.inf, 1.0))
         self._load_pending(state_dict)
         self._restored_mid_epoch = bool(self._steps)
+        # Read with .get: checkpoints from before the snapshot was saved lack it (that epoch is unguarded).
+        self._loaded_snapshot = state_dict.get("guard_snapshot") if self._restored_mid_epoch else None
         self._restored = self.lr is not None
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor copied to ``device`` (dicts, lists and tuples walked)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to(device, copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def _to_host(obj: Any) -> Any:
+    return _to_device(obj, torch.device("cpu"))
 
 
 @rank_zero_only
