@@ -125,6 +125,12 @@ class SweepState:
     def stop(self, how: str, status: int) -> None:
         if self.stopped_by is None:
             self.stopped_by, self.status = how, status
+            # The sweep now only skips the jobs left and lists them: a further SIGTERM or Ctrl-C (a
+            # second Ctrl-C, a group-wide signal repeated by a scheduler) has nothing left to stop, and
+            # would otherwise interrupt Hydra's launcher between jobs with a traceback.
+            if threading.current_thread() is threading.main_thread():
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(signum, signal.SIG_IGN)
 
 
 sweep = SweepState()
