@@ -176,3 +176,18 @@ class InputRecorder(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         self.epochs[-1]["W"] = max_param_norm(pl_module)
         self.epochs[-1]["head"] = pl_module.net.head.weight.detach().clone()
+
+
+class ScriptedLoss(ToyModule):
+    """A toy whose training loss per step is scripted per epoch and whose gradient is zero: the
+    weights, the features and so the rule's rate stay the same in every epoch, and the guard's loss
+    test is seen through the callback's logged ``lipschitz/rollbacks`` alone."""
+
+    def __init__(self, script):
+        super().__init__(ToyNet(), OPTIMIZERS["sgd"])
+        self.script = script
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        epoch = min(self.trainer.current_epoch, len(self.script) - 1)
+        return self(x).sum() * 0.0 + self.script[epoch][batch_idx]

@@ -10,7 +10,7 @@ import torch
 
 from lipschitz_lightning import LipschitzLR
 from lipschitz_lightning.math.guard import lift_ceiling, retry_rate
-from tests.lipschitz_toys import OPTIMIZERS, RateRecorder, ToyDataModule, ToyModule, ToyNet, make_data, trainer
+from tests.lipschitz_toys import OPTIMIZERS, ScriptedLoss, RateRecorder, ToyDataModule, ToyModule, ToyNet, make_data, trainer
 
 # --------------------------------------------------------------------------- the math, by hand
 
@@ -47,20 +47,6 @@ def test_lift_ceiling_doubles_until_it_no_longer_binds_then_removes_it():
 
 
 # --------------------------------------------------------------------------- through the callback
-
-
-class ScriptedLoss(ToyModule):
-    """A toy whose training loss per step is scripted per epoch and whose gradient is zero: the
-    weights, the features and so the rule's rate stay the same in every epoch."""
-
-    def __init__(self, script):
-        super().__init__(ToyNet(), OPTIMIZERS["sgd"])
-        self.script = script
-
-    def training_step(self, batch, batch_idx):
-        x, _ = batch
-        epoch = min(self.trainer.current_epoch, len(self.script) - 1)
-        return self(x).sum() * 0.0 + self.script[epoch][batch_idx]
 
 
 def scripted_run(guard_lift=None, epochs=6):

@@ -33,7 +33,7 @@ from lipschitz_lightning.math import (
 from lipschitz_lightning.modules import SupervisedModule
 from lipschitz_lightning.train import train
 from tests.conftest import compose_train, path_overrides, tiny_trainer
-from tests.lipschitz_toys import OPTIMIZERS, InputRecorder, RateRecorder, ToyDataModule, ToyModule, ToyNet, make_data, trainer
+from tests.lipschitz_toys import OPTIMIZERS, ScriptedLoss, InputRecorder, RateRecorder, ToyDataModule, ToyModule, ToyNet, make_data, trainer
 
 # --------------------------------------------------------------------------- the math
 
@@ -442,20 +442,6 @@ def test_loss_rose_tells_a_rise_from_batch_noise():
     late = [0.1] * 30 + [0.5] * 10
     assert loss_rose(0.1, 0.0, late, factor=2.0, z=3.0, initial=2.3) == pytest.approx(0.5)
     assert loss_rose(0.1, 0.0, [], factor=2.0, z=3.0, initial=2.3) is None
-
-
-class ScriptedLoss(ToyModule):
-    """A toy whose training loss per step is scripted per epoch (the gradient is zero), so the
-    guard's loss test is seen through the callback's logged ``lipschitz/rollbacks`` alone."""
-
-    def __init__(self, script):
-        super().__init__(ToyNet(), OPTIMIZERS["sgd"])
-        self.script = script
-
-    def training_step(self, batch, batch_idx):
-        x, _ = batch
-        epoch = min(self.trainer.current_epoch, len(self.script) - 1)
-        return self(x).sum() * 0.0 + self.script[epoch][batch_idx]
 
 
 @pytest.mark.parametrize(("second_epoch", "rollbacks"), [
