@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 
 # Names kept where tests and user code import them from here (their homes are in app/).
 new_run_dir = run_folder.new_run_dir
-_build_net = preflight.build_net
 
 
 # --------------------------------------------------------------------------- check and build

@@ -22,6 +22,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from lipschitz_lightning import LipschitzLR
+from lipschitz_lightning.app.preflight import build_net
 from lipschitz_lightning.callbacks import check_optimizer
 from lipschitz_lightning.data import SklearnDataModule, SyntheticDataModule
 from tests.conftest import CONF_DIR, compose_train, path_overrides
@@ -93,20 +94,6 @@ def test_root_defaults_and_order():
     assert cfg.dataset.batch_size == 128 and cfg.trainer.max_epochs == 300
     assert cfg.optim.optimizer.weight_decay == pytest.approx(1e-3)
     assert cfg.optim.callback.rule == "sgd" and cfg.optim.callback.first_epoch_lr is None
-
-
-def build_net(cfg, datamodule: pl.LightningDataModule) -> torch.nn.Module:
-    """``cfg.model`` for the datamodule, as the app builds it: for its input shape and outputs, a
-    model made for its loss and batch size, whose forward pass gives one output row per sample."""
-    net = instantiate(cfg.model, input_shape=tuple(datamodule.input_shape), num_outputs=datamodule.num_outputs)
-    assert datamodule.loss in getattr(net, "supported_losses", (datamodule.loss,))
-    assert datamodule.batch_size >= getattr(net, "min_batch_size", 1)
-    net.eval()
-    with torch.no_grad():
-        out = net(torch.zeros(2, *datamodule.input_shape))
-    net.train()
-    assert tuple(out.shape) == (2, datamodule.num_outputs)
-    return net
 
 
 class Case:
