@@ -637,19 +637,9 @@ class LipschitzLR(HeadGathering, pl.Callback):
         """The weights (and buffers) and optimizer state of the epoch's start: one copy of each,
         on the device or on the host (``guard_snapshot``)."""
         target = pl_module.device if self.guard_snapshot == "device" else torch.device("cpu")
-
-        def copy_tensors(obj: Any) -> Any:
-            if torch.is_tensor(obj):
-                return obj.detach().to(target, copy=True)
-            if isinstance(obj, dict):
-                return {k: copy_tensors(v) for k, v in obj.items()}
-            if isinstance(obj, (list, tuple)):
-                return type(obj)(copy_tensors(v) for v in obj)
-            return copy.deepcopy(obj)
-
         return {
-            "model": copy_tensors(pl_module.state_dict()),
-            "optimizers": [copy_tensors(o.state_dict()) for o in trainer.optimizers],
+            "model": _to_device(pl_module.state_dict(), target),
+            "optimizers": [_to_device(o.state_dict(), target) for o in trainer.optimizers],
             "state": self.state,
         }
 
@@ -773,14 +763,14 @@ class LipschitzLR(HeadGathering, pl.Callback):
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
-    """``obj`` with every tensor copied to ``device`` (dicts, lists and tuples walked)."""
+    """A copy of ``obj`` with every tensor copied to ``device`` (dicts, lists and tuples walked)."""
     if torch.is_tensor(obj):
         return obj.detach().to(device, copy=True)
     if isinstance(obj, dict):
         return {k: _to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_device(v, device) for v in obj)
-    return obj
+    return copy.deepcopy(obj)
 
 
 def _to_host(obj: Any) -> Any:
