@@ -26,11 +26,11 @@ def _options(folder: Path) -> List[str]:
 
 
 def training_groups(root: str = "train", conf: Optional[str] = None) -> str:
-    """One line per group of ``<conf>/<root>.yaml``'s defaults list: ``group: a, b, c (default b)``."""
+    """One line per group of ``<conf>/<root>.yaml``'s defaults list: ``group: a, b, c (default: b)``."""
     folder = Path(conf or config_dir())
     lines = []
     for entry in OmegaConf.load(folder / f"{root}.yaml").get("defaults", []):
-        if not isinstance(entry, (dict, type(OmegaConf.create({})))):
+        if isinstance(entry, str):
             continue  # _self_
         ((group, default),) = dict(entry).items()
         group = str(group).lstrip("+~").split("@")[0]
