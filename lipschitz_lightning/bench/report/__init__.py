@@ -12,7 +12,9 @@ and the classical tables ``classical_table1.csv``, ``classical_table2.csv``,
 readings are sentences filled in from the same numbers.
 
 The parts: :mod:`.stats` (one record per run and per method), :mod:`.kinds` (which methods are
-LipschitzLR rules, the paper's or ours, from the optim files and the rule registry),
+LipschitzLR rules, the paper's or ours, raw or with the rollback guard, from each method's own
+overrides, its optim file and the rule registry; a paper rule with the guard is its own row,
+``sgd (guarded)``),
 :mod:`.text` (the generated sentences and tables), :mod:`.plots` (the figures),
 :mod:`.classical_tables` (the classical section) and :mod:`.document` (the page).
 """

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Tuple
 from omegaconf import OmegaConf
 
 from lipschitz_lightning.bench.report.classical_tables import classical_section
+from lipschitz_lightning.bench.report.kinds import method_label
 from lipschitz_lightning.bench.report.plots import plot_curves
 from lipschitz_lightning.bench.report.stats import curves, summarise
 from lipschitz_lightning.bench.report.text import (
@@ -86,8 +87,8 @@ def _headline_table(headlines: List[Dict[str, object]]) -> List[str]:
              "| task | best Lipschitz rule | acc % | epochs / s to target | state B/param | best other | acc % | epochs / s to target | state B/param |",
              "|---|---|---|---|---|---|---|---|---|"]
     for h in headlines:
-        lines.append(f"| {h['suite']} (target {100 * h['target']:.0f}%) | `{h['lip']}` | {fmt_pct(h['lip_best'])} | "
-                     f"{fmt(h['lip_epochs'])} / {fmt(h['lip_seconds'])} | {fmt(h['lip_state'])} | `{h['other']}` | "
+        lines.append(f"| {h['suite']} (target {100 * h['target']:.0f}%) | `{method_label(str(h['lip']))}` | {fmt_pct(h['lip_best'])} | "
+                     f"{fmt(h['lip_epochs'])} / {fmt(h['lip_seconds'])} | {fmt(h['lip_state'])} | `{method_label(str(h['other']))}` | "
                      f"{fmt_pct(h['other_best'])} | {fmt(h['other_epochs'])} / {fmt(h['other_seconds'])} | {fmt(h['other_state'])} |")
     return lines + [""]
 

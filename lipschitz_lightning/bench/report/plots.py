@@ -8,7 +8,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from lipschitz_lightning.bench.report.kinds import method_kind
+from lipschitz_lightning.bench.report.kinds import method_kind, method_label
 from lipschitz_lightning.bench.report.stats import number
 
 __all__ = ["plot_classical", "plot_curves"]
@@ -37,7 +37,7 @@ def plot_curves(curves: Curves, title: str, ylabel: str, path: Path, log: bool =
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for index, (method, (xs, ys)) in enumerate(curves.items()):
-        ax.plot(xs, ys, marker="o", markersize=3, label=method, color=plt.cm.tab20(index % 20), **_style(method))
+        ax.plot(xs, ys, marker="o", markersize=3, label=method_label(method), color=plt.cm.tab20(index % 20), **_style(method))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

@@ -8,7 +8,7 @@ import statistics
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from lipschitz_lightning.bench.report.kinds import method_kind
+from lipschitz_lightning.bench.report.kinds import method_kind, method_label
 from lipschitz_lightning.bench.report.stats import REFERENCE, MethodStats, Row, curves, finite
 
 __all__ = ["OURS_WITHIN", "fmt", "fmt_pct", "headline", "method_table", "ours_against_lr_free", "reading",
@@ -114,7 +114,7 @@ def method_table(stats: Stats, target: float) -> List[str]:
              "| s/step ratio | state B/param | LR range | max grad/L | diverged |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, s in stats.items():
-        label = f"**{method}**" if s.lipschitz else method
+        label = f"**{method_label(method)}**" if s.lipschitz else method_label(method)
         div = ", ".join(f"seed {seed}: {why}" for seed, why in s.diverged) or "no"
         lines.append(
             f"| {label} | {s.runs} | {fmt_pct(*s.best)} | {fmt_pct(*s.final)} | {s.reached}/{s.runs} | "
@@ -152,7 +152,7 @@ def _rate_sentence(m: str, s: MethodStats, epochs: List[Row]) -> Optional[str]:
     capped_at = [x for x, c in zip(*capped) if c > 0] if capped else []
     peaked += (f"; a safety cap (growth or max_lr) bound it after epoch(s) {', '.join(map(str, capped_at))} "
                "(in at least one seed)" if capped_at else "")
-    return (f"`{m}`: the rate {trend}, from {fmt(ys[0])} (epoch {xs[0]}) to {fmt(ys[-1])} (epoch {xs[-1]}){peaked}"
+    return (f"`{method_label(m)}`: the rate {trend}, from {fmt(ys[0])} (epoch {xs[0]}) to {fmt(ys[-1])} (epoch {xs[-1]}){peaked}"
             + (f", largest last-layer gradient over L {fmt(s.grad_max_over_L)}" if s.grad_max_over_L else "")
             + f"; best accuracy {fmt_pct(*s.best)}%"
             + _rollback_text(s.rollbacks)
@@ -189,23 +189,24 @@ def reading(stats: Stats, target: float, epochs: List[Row]) -> List[str]:
     (lm, ls), (om, os_) = pair
     other = {m: s for m, s in stats.items() if not s.lipschitz}
     gap = 100 * (ls.best[0] - os_.best[0])
-    out = [f"Best LipschitzLR rule: `{lm}` at {fmt_pct(*ls.best)}% best test accuracy; best other method: "
-           f"`{om}` at {fmt_pct(*os_.best)}%: LipschitzLR is {'ahead' if gap > 0 else 'behind'} by {abs(gap):.2f} points."]
+    out = [f"Best LipschitzLR rule: `{method_label(lm)}` at {fmt_pct(*ls.best)}% best test accuracy; best other method: "
+           f"`{method_label(om)}` at {fmt_pct(*os_.best)}%: LipschitzLR is {'ahead' if gap > 0 else 'behind'} by {abs(gap):.2f} points."]
     ranked = sorted(stats.items(), key=_best, reverse=True)
-    out.append(f"`{lm}` ranks {[m for m, _ in ranked].index(lm) + 1} of {len(ranked)} methods; the top three are "
-               + ", ".join(f"`{m}` ({fmt_pct(s.best[0])}%)" for m, s in ranked[:3]) + ".")
+    out.append(f"`{method_label(lm)}` ranks {[m for m, _ in ranked].index(lm) + 1} of {len(ranked)} methods; the top three are "
+               + ", ".join(f"`{method_label(m)}` ({fmt_pct(s.best[0])}%)" for m, s in ranked[:3]) + ".")
     beaten = [m for m, s in other.items() if math.isfinite(s.best[0]) and s.best[0] < ls.best[0]]
     if beaten:
-        out.append(f"`{lm}` beats {len(beaten)} of {len(other)} non-Lipschitz methods: {', '.join(f'`{m}`' for m in beaten)}.")
+        out.append(f"`{method_label(lm)}` beats {len(beaten)} of {len(other)} non-Lipschitz methods: "
+                   f"{', '.join(f'`{method_label(m)}`' for m in beaten)}.")
     out += [x for x in (_rate_sentence(m, s, epochs) for m, s in stats.items() if s.lipschitz) if x]
     out += _finder_sentences(stats, epochs)
-    div = [f"`{m}` ({len(s.diverged)}/{s.runs})" for m, s in stats.items() if s.diverged]
+    div = [f"`{method_label(m)}` ({len(s.diverged)}/{s.runs})" for m, s in stats.items() if s.diverged]
     if div:
         out.append("Runs flagged as diverged (NaN, chance accuracy or a training loss that ended above its start): "
                    + ", ".join(div) + ".")
     if ls.epochs_to_target is not None or os_.epochs_to_target is not None:
-        out.append(f"Time to {100 * target:.0f}%: `{lm}` {fmt(ls.epochs_to_target)} epochs / {fmt(ls.seconds_to_target)} s "
-                   f"({ls.reached}/{ls.runs} runs reached it), `{om}` {fmt(os_.epochs_to_target)} epochs / "
+        out.append(f"Time to {100 * target:.0f}%: `{method_label(lm)}` {fmt(ls.epochs_to_target)} epochs / {fmt(ls.seconds_to_target)} s "
+                   f"({ls.reached}/{ls.runs} runs reached it), `{method_label(om)}` {fmt(os_.epochs_to_target)} epochs / "
                    f"{fmt(os_.seconds_to_target)} s ({os_.reached}/{os_.runs}).")
     return out
 
@@ -261,7 +262,8 @@ def ours_against_lr_free(name: str, stats: Stats, epochs: Sequence[Row]) -> List
     if bar is not None and gap < -bar:
         out.append("What was tried to close it, and why each attempt falls short: "
                    "[rules.md, section 8](rules.md#8-against-the-bar-what-was-tried).")
-    paper = [m for m in stats if kinds[m].kind == "paper" and kinds[m].family == kinds[om].family]
+    paper = sorted((m for m in stats if kinds[m].kind == "paper" and kinds[m].family == kinds[om].family),
+                   key=lambda m: kinds[m].guard)  # the paper's rule raw first, as published
     state = f"`{om}` holds {fmt(os_.state_bytes)} B/param of optimizer state, `{fm}` {fmt(fs.state_bytes)}"
     if paper:
         state += f", the paper's rule of the same family `{paper[0]}` {fmt(stats[paper[0]].state_bytes)}"
