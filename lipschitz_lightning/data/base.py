@@ -1,4 +1,4 @@
-"""Shared pieces of the datamodules: the base class, in-memory image dataset and errors.
+"""The base class of the datamodules, and the contract every datamodule keeps.
 
 Contract relied on by the training app: right after ``__init__`` (no file access) a datamodule
 has ``input_shape``, ``num_outputs`` (classes for multiclass, 1 for binary and regression),
@@ -7,224 +7,57 @@ has ``input_shape``, ``num_outputs`` (classes for multiclass, 1 for binary and r
 the test split: the paper reports test accuracy as "validation") and ``probe_dataloader`` (the
 training split without augmentation, not shuffled; used by the LipschitzLR "probe" mode) work.
 Targets are int64 class indices for ``softmax_ce`` and float32 of shape ``(N, 1)`` otherwise.
+
+The errors and argument checks live in :mod:`~lipschitz_lightning.data.checks`, the training
+order, loader and image dataset in :mod:`~lipschitz_lightning.data.loading`, the augmentations in
+:mod:`~lipschitz_lightning.data.augment`; their names are importable from here as before.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence, Sized
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
-from lipschitz_lightning.app.signals import workers_ignore_stop_signals
+from lipschitz_lightning.data.augment import random_affine, random_crop_flip
+from lipschitz_lightning.data.checks import (
+    MAX_SEED,
+    WRITE_ERRNOS,
+    DatasetCorruptError,
+    DatasetNotFoundError,
+    SettingError,
+    ensure_data_dir,
+    file_md5,
+    verify_md5,
+)
+from lipschitz_lightning.data.loading import EpochShuffleSampler, ImageTensorDataset, ResumableDataLoader, stream_seed
 from lipschitz_lightning.math.losses import get_loss
 
-
-class DatasetNotFoundError(RuntimeError):
-    """The dataset is not on disk and could not be downloaded; the message says what to put where."""
-
-
-class SettingError(ValueError):
-    """A datamodule argument with a value it cannot take: ``setting`` names the argument, ``value``
-    is what it got (the application names its own config key in its message)."""
-
-    def __init__(self, message: str, setting: str = "", value: Any = None) -> None:
-        super().__init__(message)
-        self.setting, self.value = setting, value
-
-
-class DatasetCorruptError(RuntimeError):
-    """A dataset file exists but fails its checksum or format check; the message names the file."""
-
-
-def file_md5(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Return the hex md5 digest of a file, read in chunks."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_md5(path: str | os.PathLike[str], expected: str) -> None:
-    """Check a file against its expected md5.
-
-    Args:
-        path: File to hash.
-        expected: Expected hex digest.
-
-    Raises:
-        DatasetCorruptError: If the digest differs, naming the file and both digests.
-    """
-    actual = file_md5(path)
-    if actual != expected:
-        raise DatasetCorruptError(
-            f"corrupt file: {path} (md5 {actual}, expected {expected}); delete it and download it again"
-        )
-
-
-#: The largest seed numpy (and so Lightning's ``seed_everything`` and scikit-learn) accepts.
-MAX_SEED = 2**32 - 1
-
-#: errno values of a write that failed because of the folder, not of the data being written.
-WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
-
-
-def ensure_data_dir(path: str | os.PathLike[str], dataset: str) -> None:
-    """Create the data folder ``path`` if needed (before anything is downloaded or extracted into it).
-
-    Raises:
-        DatasetNotFoundError: If ``path`` (or a folder above it) is a file, or it cannot be created;
-            the message names the path and the setting to change.
-    """
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise DatasetNotFoundError(
-            f"the {dataset} data folder {path} is a file, not a folder: set paths.data_dir (or dataset.data_dir) "
-            "to the folder that holds the dataset, or to a new folder to put it in"
-        )
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as error:
-        raise DatasetNotFoundError(
-            f"cannot create the {dataset} data folder {path} ({error.strerror}"
-            f"{': ' + str(error.filename) if error.filename and str(error.filename) != path else ''}); "
-            "set paths.data_dir (or dataset.data_dir) to a folder that exists or can be created"
-        ) from error
-
-
-# Lightning's loop counters tell which epoch and which batch of it runs; everything random about
-# the training data is a pure function of (seed, epoch, batch), so a run resumed from any
-# checkpoint, with any number of workers or processes, sees exactly the data it would have seen.
-def stream_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (splitmix64 steps): distinct tuples give unrelated streams."""
-    value = 0x9E3779B97F4A7C15
-    for part in parts:
-        value = (value ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        value = (value ^ (value >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-    return value >> 1
-
-
-class EpochShuffleSampler(RandomSampler):
-    """A random order that depends on ``(seed, epoch)`` only; Lightning calls ``set_epoch``.
-
-    A ``RandomSampler`` for Lightning: under DDP it puts its own ``DistributedSampler`` in its
-    place, which is seeded by epoch the same way.
-    """
-
-    def __init__(self, data_source: Sized, seed: int) -> None:
-        super().__init__(data_source)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
-
-
-class ResumableDataLoader(DataLoader):
-    """A ``DataLoader`` whose next iteration first skips ``skip_batches`` batches.
-
-    Lightning resumes a checkpoint written mid-epoch by iterating the loader afresh for the
-    batches that remain; skipping the finished ones makes them the same batches.
-    """
-
-    def __init__(self, *args: Any, skip_batches: int = 0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.skip_batches = skip_batches
-
-    def __iter__(self) -> Iterator[Any]:
-        # A generator: nothing is drawn from the sampler before the first batch is asked for,
-        # that is after Lightning's set_epoch (it creates the iterator of a resumed epoch before).
-        skip, self.skip_batches = self.skip_batches, 0
-        # Workers (started here) ignore SIGTERM and SIGINT: a scheduler, `timeout` or a terminal
-        # signals the whole process group, and only this process stops the run (and then them).
-        with workers_ignore_stop_signals(self):
-            iterator = super().__iter__()
-        for _ in range(skip):
-            next(iterator)
-        yield from iterator
-
-
-class ImageTensorDataset(Dataset):
-    """In-memory uint8 images, served as ``(x - mean) / 255`` float32 (no augmentation here).
-
-    ``mean`` is the per-channel mean in raw pixel units (0 when not given: plain ``/255``).
-    Several views (training set, probe set) can share one image tensor without copies. Training
-    augmentation is applied per batch by the datamodule (:meth:`BaseDataModule.on_before_batch_transfer`).
-
-    Args:
-        images: ``uint8`` tensor ``(N, C, H, W)``.
-        targets: ``int64`` tensor ``(N,)``.
-        mean: Per-channel mean to subtract, in pixel units (0-255), or None.
-
-    Raises:
-        ValueError: If shapes or dtypes do not match.
-    """
-
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, mean: Sequence[float] | None = None) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be a uint8 tensor (N, C, H, W); got {images.dtype} {tuple(images.shape)}")
-        if targets.shape[0] != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {targets.shape[0]} targets")
-        self.images = images
-        self.targets = targets
-        channels = images.shape[1]
-        mean_values = [0.0] * channels if mean is None else [float(m) for m in mean]
-        if len(mean_values) != channels:
-            raise ValueError(f"mean has {len(mean_values)} entries for {channels} channels")
-        self.mean = torch.tensor(mean_values, dtype=torch.float32).view(channels, 1, 1)
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.images[index].to(torch.float32) - self.mean) / 255.0, self.targets[index]
-
-
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """He et al.'s CIFAR augmentation on a batch: a random crop of the zero-padded image, then a
-    horizontal flip with probability 1/2, drawn per sample from ``generator``."""
-    batch, channels, height, width = x.shape
-    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator)
-    flips = torch.rand(batch, generator=generator) < 0.5
-    rows = (offsets[:, 0:1] + torch.arange(height)).view(batch, 1, height, 1)
-    cols = (offsets[:, 1:2] + torch.arange(width)).view(batch, 1, 1, width)
-    cols = torch.where(flips.view(batch, 1, 1, 1), cols.flip(-1), cols)
-    index = torch.arange(batch).view(batch, 1, 1, 1), torch.arange(channels).view(1, channels, 1, 1)
-    return padded.to(x.device)[index[0], index[1], rows, cols]
-
-
-def random_affine(
-    x: torch.Tensor,
-    generator: torch.Generator,
-    degrees: float = 15.0,
-    translate: float = 0.1,
-    scale: tuple[float, float] = (0.9, 1.1),
-) -> torch.Tensor:
-    """Random rotation (+-``degrees``), shift (up to ``translate`` of the size) and zoom per sample,
-    bilinear, zero fill: the paper's MNIST augmentation (Keras' ImageDataGenerator) on a batch."""
-    batch = x.shape[0]
-    uniform = torch.rand(batch, 4, generator=generator, dtype=torch.float64)
-    angle = torch.deg2rad((uniform[:, 0] * 2 - 1) * degrees)
-    zoom = scale[0] + uniform[:, 1] * (scale[1] - scale[0])
-    shift = (uniform[:, 2:] * 2 - 1) * translate * 2  # affine_grid coordinates span 2 per image side
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = torch.nn.functional.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return torch.nn.functional.grid_sample(x, grid.to(x.device), mode="bilinear", padding_mode="zeros", align_corners=False)
+__all__ = [
+    "MAX_SEED",
+    "WRITE_ERRNOS",
+    "BaseDataModule",
+    "DatasetCorruptError",
+    "DatasetNotFoundError",
+    "EpochShuffleSampler",
+    "ImageTensorDataset",
+    "ResumableDataLoader",
+    "SettingError",
+    "class_targets",
+    "ensure_data_dir",
+    "file_md5",
+    "random_affine",
+    "random_crop_flip",
+    "stream_seed",
+    "verify_md5",
+]
 
 
 class BaseDataModule(pl.LightningDataModule):
