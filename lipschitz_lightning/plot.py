@@ -158,6 +158,26 @@ def _log_scale(key: str) -> bool:
     return name in ("lr", "next_lr", "L") or name.startswith("K")
 
 
+def _drawable(paths: Sequence[Path], keys: Optional[Sequence[str]]) -> Tuple[List[Path], List[Curves], List[str]]:
+    """The runs below ``paths`` that logged per-epoch values, their curves, and the keys to draw.
+
+    Raises:
+        PlotError: no run, nothing logged, or an unknown key.
+    """
+    runs = find_runs(paths)
+    if not runs:
+        raise PlotError(f"no run logs (metrics.csv or TensorBoard events) under {', '.join(map(str, paths))}")
+    curves = [read_run(run) for run in runs]
+    drawn = [(run, c) for run, c in zip(runs, curves) if c]
+    if not drawn:
+        raise PlotError(f"the runs under {', '.join(map(str, paths))} logged no per-epoch values yet")
+    runs, curves = [run for run, _ in drawn], [c for _, c in drawn]
+    names = _keys(curves, keys)
+    if not names:
+        raise PlotError("the runs logged no lipschitz/* key and no accuracy or loss")
+    return runs, curves, names
+
+
 def draw_runs(paths: Sequence[Path], keys: Optional[Sequence[str]] = None) -> Tuple[Any, List[Path], List[str]]:
     """Draw every run below ``paths`` into a new matplotlib figure; return it, the runs and the keys.
 
@@ -179,17 +199,7 @@ def draw_runs(paths: Sequence[Path], keys: Optional[Sequence[str]] = None) -> Tu
     except ImportError as exc:
         raise PlotError("plotting needs matplotlib: pip install \"lipschitz-lightning[bench]\"") from exc
 
-    runs = find_runs(paths)
-    if not runs:
-        raise PlotError(f"no run logs (metrics.csv or TensorBoard events) under {', '.join(map(str, paths))}")
-    curves = [read_run(run) for run in runs]
-    drawn = [(run, c) for run, c in zip(runs, curves) if c]
-    if not drawn:
-        raise PlotError(f"the runs under {', '.join(map(str, paths))} logged no per-epoch values yet")
-    runs, curves = [run for run, _ in drawn], [c for _, c in drawn]
-    names = _keys(curves, keys)
-    if not names:
-        raise PlotError("the runs logged no lipschitz/* key and no accuracy or loss")
+    runs, curves, names = _drawable(paths, keys)
     labels = _labels(runs)
     # The style of each run, fixed once for every panel: ten colours, then the next line style.
     palette = plt.get_cmap("tab10").colors
