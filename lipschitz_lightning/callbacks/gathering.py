@@ -1,44 +1,40 @@
-"""Gathering the head statistics for ``LipschitzLR``: hooks, the probe pass, the epoch's reduction.
+"""Gathering the head statistics for ``LipschitzLR``: hooks, the epoch's record, its reduction.
 
 The per-step path is traceable by ``torch.compile``: the head's forward pre-hook adds its
 statistics *in place* into one preallocated device vector (``_acc``, and the ``d x d`` Gram
 matrix ``_gram`` for the smoothness rule); for the curvature rule its forward hook adds the
 curvature-weighted Gram matrix ``_cgram`` (it needs the head's output, the logits). They read no
-Python state that changes from step to step (only ``_recording``, which is ``True`` in every
-training step), so a compiled model is
-compiled once for training. Eager code in ``on_train_batch_end`` closes each optimizer step: it
-copies the accumulator into the epoch's list of step vectors and zeroes it. Nothing moves to the
-host per step and no collective runs per step.
+Python state that changes from step to step (only ``recording``, which is ``True`` in every
+training step), so a compiled model is compiled once for training. Eager code at each batch's end
+closes each optimizer step (:meth:`HeadGatherer.commit_step`): it copies the accumulator into the
+epoch's :class:`EpochRecord` and zeroes it. Nothing moves to the host per step and no collective
+runs per step.
 
-A step enters the list only once its optimizer step has run, so a checkpoint written by a crash
-mid-step holds exactly the statistics of the finished steps (``on_exception``).
+A step enters the record only once its optimizer step has run, so a checkpoint written by a crash
+mid-step holds exactly the statistics of the finished steps.
 """
 
 from __future__ import annotations
 
 import math
-import random
-import sys
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
 from torch import nn
-from torchmetrics import Metric
 
+from lipschitz_lightning.callbacks.errors import LipschitzLRError
+from lipschitz_lightning.callbacks.probe import run_probe
 from lipschitz_lightning.math.bounds import spectral_norm_upper_bound
 from lipschitz_lightning.math.losses import curvature_weights, get_loss
 from lipschitz_lightning.math.rules import Statistic
 from lipschitz_lightning.math.statistics import A2, LOSS, NLOSS, OUT2, ROWS, Y2, HeadStats, StepLayout, summarize_steps
 
-__all__ = ["LipschitzLRError", "HeadGathering", "find_head"]
+__all__ = ["EpochRecord", "HeadGatherer", "LipschitzLRError", "find_head"]
 
-
-class LipschitzLRError(ValueError):
-    """LipschitzLR cannot produce a usable rate (e.g. the probe's bound is not positive, or the
-    guard rolled back too often); the message says what to set."""
+SOURCES = ("hooks", "probe")
 
 
 def find_head(module: nn.Module, name: Optional[str] = None) -> Tuple[str, nn.Linear]:
@@ -69,59 +65,130 @@ def find_head(module: nn.Module, name: Optional[str] = None) -> Tuple[str, nn.Li
     return linears[-1]
 
 
-class HeadGathering:
-    """The gathering half of :class:`~lipschitz_lightning.callbacks.LipschitzLR` (a mixin).
+@dataclass
+class EpochRecord:
+    """What one epoch (or one probe) has gathered so far, on the device.
 
-    Set by the scheduling half: ``head_name``, ``loss``, ``source``, ``probe_batches``,
-    ``init_probe_batches`` and ``_layout_needs`` (the rule's optional statistics).
+    Attributes:
+        steps: one vector per finished optimizer step (columns: ``StepLayout``).
+        grad_max: the largest last-layer gradient entry seen (weight decay included).
+        head_abs: the largest ``|W|`` of the head at the steps (the gradient bound's term).
+        micro_done: micro-batches whose ``on_train_batch_end`` ran.
     """
 
-    head_name: Optional[str]
-    loss: str
-    source: str
-    probe_batches: Optional[int]
-    init_probe_batches: int
-    _layout_needs: FrozenSet[Statistic]
+    steps: List[torch.Tensor] = field(default_factory=list)
+    grad_max: Optional[torch.Tensor] = None
+    head_abs: Optional[torch.Tensor] = None
+    micro_done: int = 0
 
-    def _init_gathering(self) -> None:
-        self._head: Optional[nn.Linear] = None
+    def fit_steps(self, n: int, size: int, device: torch.device) -> None:
+        """Exactly ``n`` steps: the first ``n``, padded with zero vectors."""
+        del self.steps[n:]
+        while len(self.steps) < n:
+            self.steps.append(torch.zeros(size, device=device))
+
+    def to(self, device: torch.device) -> None:
+        self.steps = [s.to(device) for s in self.steps]
+        self.grad_max = self.grad_max.to(device) if self.grad_max is not None else None
+        self.head_abs = self.head_abs.to(device) if self.head_abs is not None else None
+
+    def state_dict(self) -> Dict[str, Any]:
+        """On the host, plain tensors (a ``weights_only`` load reads it back)."""
+        return {
+            "pending_steps": [s.detach().cpu() for s in self.steps],
+            "pending_grad_max": self.grad_max.detach().cpu() if self.grad_max is not None else None,
+            "pending_head_abs": self.head_abs.detach().cpu() if self.head_abs is not None else None,
+            "micro_done": self.micro_done,
+        }
+
+    @classmethod
+    def from_state(cls, state: Dict[str, Any]) -> "EpochRecord":
+        """Read with ``.get``: a checkpoint of an older format lacks some keys."""
+        steps = list(state.get("pending_steps", []))
+        if steps and "micro_done" not in state:
+            steps = [_from_old_layout(s, int(state.get("local_batch", 0))) for s in steps]
+        return cls(steps, state.get("pending_grad_max"), state.get("pending_head_abs"),
+                   int(state.get("micro_done", len(steps))))
+
+
+class HeadGatherer:
+    """Hooks on the head, the epoch's :class:`EpochRecord`, and its reduction across ranks.
+
+    Args:
+        loss: the loss's name (whether the bound needs the outputs and the targets).
+        head: module name of the head ``nn.Linear``; default the model's last ``nn.Linear``.
+        source: ``"hooks"`` (statistics from the training forward passes) or ``"probe"`` (an
+            extra no-grad pass at each epoch's end).
+        probe_batches: batches per rank of the ``"probe"`` pass (default: all).
+        statistics: the rule's optional statistics (:class:`~lipschitz_lightning.math.rules.Statistic`).
+    """
+
+    def __init__(self, loss: str, head: Optional[str] = None, source: str = "hooks",
+                 probe_batches: Optional[int] = None, statistics: FrozenSet[Statistic] = frozenset()) -> None:
+        if source not in SOURCES:
+            raise ValueError(f"LipschitzLR: unknown source {source!r}; expected one of {list(SOURCES)}")
+        if probe_batches is not None and (not isinstance(probe_batches, int) or probe_batches < 1):
+            raise ValueError(f"LipschitzLR: probe_batches must be a positive integer; got {probe_batches!r}")
+        self.loss = loss
+        self.head_name = head
+        self.source = source
+        self.probe_batches = probe_batches
+        self.statistics = frozenset(statistics)
+        self.head: Optional[nn.Linear] = None
+        self.record = EpochRecord()
+        self.recording = False  # read by the hooks: True inside training steps and probes
         self._handles: List[Any] = []
         self._layout = StepLayout()
-        self._needs_s = False
+        self._needs_s = False  # a plain bool for the traced hook
         self._acc: Optional[torch.Tensor] = None  # the current optimizer step's sums
         self._gram: Optional[torch.Tensor] = None  # the current optimizer step's A^T A
         self._cgram: Optional[torch.Tensor] = None  # the current optimizer step's A^T C A
-        self._steps: List[torch.Tensor] = []  # the epoch's finished steps
-        self._grad_max: Optional[torch.Tensor] = None
-        self._head_abs: Optional[torch.Tensor] = None  # largest |W| of the head at the epoch's steps
-        self._recording = False
-        self._micro_done = 0  # micro-batches of this epoch whose on_train_batch_end ran
 
     # ------------------------------------------------------------------ wiring
 
-    def _install_hooks(self, pl_module: pl.LightningModule) -> None:
-        self.head_name, self._head = find_head(pl_module, self.head_name)
-        needs = self._layout_needs
+    @property
+    def step_size(self) -> int:
+        return self._layout.size
+
+    @property
+    def allocated(self) -> bool:
+        return self._acc is not None
+
+    def install(self, pl_module: pl.LightningModule) -> None:
+        """Find the head and hook it (``setup``)."""
+        self.head_name, self.head = find_head(pl_module, self.head_name)
+        needs = self.statistics
         self._needs_s = Statistic.SQUARES in needs
         self._layout = StepLayout(
-            width=self._head.in_features, colabs=Statistic.COLUMN_L1 in needs, spec=Statistic.SPECTRAL in needs,
+            width=self.head.in_features, colabs=Statistic.COLUMN_L1 in needs, spec=Statistic.SPECTRAL in needs,
             curv=Statistic.CURVATURE in needs,
         )
-        self._remove_hooks()
-        self._handles.append(self._head.register_forward_pre_hook(self._record_input))
+        self.remove()
+        self._handles.append(self.head.register_forward_pre_hook(self._record_input))
         if get_loss(self.loss).bound_needs_targets:
-            self._handles.append(self._head.register_forward_hook(self._record_output))
+            self._handles.append(self.head.register_forward_hook(self._record_output))
         if self._layout.curv:
-            self._handles.append(self._head.register_forward_hook(self._record_curvature))
+            self._handles.append(self.head.register_forward_hook(self._record_curvature))
 
-    def _allocate(self, device: torch.device) -> None:
+    def check_datamodule(self, trainer: pl.Trainer) -> None:
+        """``source='probe'`` needs the datamodule's un-augmented training data."""
+        if self.source != "probe":
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or not callable(getattr(datamodule, "probe_dataloader", None)):
+            raise ValueError(
+                "LipschitzLR(source='probe') needs a datamodule with probe_dataloader() "
+                "(the un-augmented training data); use source='hooks' otherwise"
+            )
+
+    def allocate(self, device: torch.device) -> None:
         """The step accumulators, once per fit, on the model's device (never inside the hook)."""
         self._acc = torch.zeros(self._layout.size, device=device, dtype=torch.float32)
         d = self._layout.width
         self._gram = torch.zeros(d, d, device=device, dtype=torch.float32) if self._layout.spec else None
         self._cgram = torch.zeros(d, d, device=device, dtype=torch.float32) if self._layout.curv else None
 
-    def _remove_hooks(self) -> None:
+    def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -129,7 +196,7 @@ class HeadGathering:
     # ------------------------------------------------------------------ per-step path (traceable, no sync)
 
     def _record_input(self, module: nn.Module, args: Tuple[Any, ...]) -> None:
-        if not self._recording:
+        if not self.recording:
             return
         a = _head_input(args)
         a2 = a.square()
@@ -144,33 +211,58 @@ class HeadGathering:
                 self._gram.add_(flat.T @ flat)
 
     def _record_curvature(self, module: nn.Module, args: Tuple[Any, ...], output: torch.Tensor) -> None:
-        if not self._recording:
+        if not self.recording:
             return
         flat = _head_input(args).reshape(-1, self._layout.width)
         c = curvature_weights(output.reshape(flat.shape[0], -1), self.loss)
         self._cgram.add_((flat * c.unsqueeze(1)).T @ flat)
 
     def _record_output(self, module: nn.Module, args: Tuple[Any, ...], output: torch.Tensor) -> None:
-        if self._recording:
+        if self.recording:
             self._acc[OUT2].add_(output.detach().float().square().sum())
 
     # ------------------------------------------------------------------ eager per-step bookkeeping
 
-    def _record_targets(self, batch: Any) -> None:
+    def start_batch(self, batch: Any) -> None:
+        """A training batch begins: with ``source='hooks'`` its forward pass is recorded."""
+        if self.source == "hooks":
+            self.recording = True
+            self.record_targets(batch)
+
+    def record_targets(self, batch: Any) -> None:
         if not get_loss(self.loss).bound_needs_targets:
             return
         if not isinstance(batch, (list, tuple)) or len(batch) < 2 or not torch.is_tensor(batch[1]):
             raise LipschitzLRError("LipschitzLR(loss='mse') needs batches of the form (inputs, targets, ...)")
         self._acc[Y2].add_(batch[1].detach().float().square().sum())
 
-    def _record_loss(self, outputs: Any) -> None:
+    def observe_gradient(self, weight_decay: float) -> None:
+        """Before the optimizer step: the head's largest gradient entry (weight decay included)
+        and, for the gradient bound, its largest ``|W|`` (device tensors, no sync)."""
+        weight = self.head.weight
+        if weight.grad is None:
+            return
+        grad = weight.grad.detach()
+        if weight_decay:
+            grad = torch.add(grad, weight.detach(), alpha=weight_decay)
+        record = self.record
+        g = torch.linalg.vector_norm(grad, ord=math.inf, dtype=torch.float32)  # max |entry|
+        record.grad_max = g if record.grad_max is None else torch.maximum(record.grad_max, g)
+        if self._layout.colabs:  # the gradient bound's lambda max|W| term, over the epoch's steps
+            w = torch.linalg.vector_norm(weight.detach(), ord=math.inf, dtype=torch.float32)
+            record.head_abs = w if record.head_abs is None else torch.maximum(record.head_abs, w)
+
+    def end_batch(self, outputs: Any) -> None:
+        """A micro-batch whose optimizer step (if it ends one) has run: its loss, and its count."""
+        self.recording = False
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if torch.is_tensor(loss) and loss.numel() == 1:
             self._acc[LOSS].add_(loss.detach().float().reshape(()))
             self._acc[NLOSS].add_(1.0)
+        self.record.micro_done += 1
 
-    def _commit_step(self) -> None:
-        """Close an optimizer step: its vector joins the epoch's list; the accumulators restart."""
+    def commit_step(self) -> None:
+        """Close an optimizer step: its vector joins the record; the accumulators restart."""
         step = self._acc.clone()
         if self._layout.spec:
             step[self._layout.spec_index] = spectral_norm_upper_bound(self._gram)
@@ -178,109 +270,56 @@ class HeadGathering:
         if self._layout.curv:
             step[self._layout.curv_index] = spectral_norm_upper_bound(self._cgram)
             self._cgram.zero_()
-        self._steps.append(step)
+        self.record.steps.append(step)
         self._acc.zero_()
 
-    def _discard_in_flight(self) -> None:
+    def discard_in_flight(self) -> None:
         """Drop the statistics of a step that did not finish (its gradient is lost as well)."""
-        if self._acc is not None:
-            self._acc.zero_()
-        if self._gram is not None:
-            self._gram.zero_()
-        if self._cgram is not None:
-            self._cgram.zero_()
+        for acc in (self._acc, self._gram, self._cgram):
+            if acc is not None:
+                acc.zero_()
 
-    def _reset_epoch(self) -> None:
-        self._steps = []
-        self._grad_max = None
-        self._head_abs = None
-        self._micro_done = 0
-        self._discard_in_flight()
+    def reset_epoch(self) -> None:
+        self.record = EpochRecord()
+        self.discard_in_flight()
 
-    # ------------------------------------------------------------------ probe
+    # ------------------------------------------------------------------ probe and reduction
 
-    def _run_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, initial: bool) -> None:
-        """No-grad passes that feed the same per-step gathering as training.
-
-        Each batch goes through ``pl_module(inputs)`` where the module defines ``forward``, else
-        through its own ``training_step(batch, batch_idx)`` (see :func:`_probe_pass`); either way
-        the head's hooks take its input. The module's state is restored afterwards
-        (:func:`_probe_isolation`): RNGs, Python attributes, torchmetrics accumulators, and
-        nothing the pass logs reaches Lightning.
-
-        ``initial``: the first-epoch probe over a few *training* batches, in train mode (the
-        activations training will see), with buffers (BatchNorm statistics) restored as well.
-        Otherwise the ``source='probe'`` pass over ``probe_dataloader()`` in eval mode (the
-        reference code's Keras ``predict``). Under DDP rank r takes loader batches r, r+N, ...
-        and every rank runs the same number of steps.
-        """
-        world = trainer.world_size
-        accumulate = trainer.accumulate_grad_batches
-        if initial:
-            loader = trainer.train_dataloader
-            max_batches = self.init_probe_batches
-            sharded = True  # the training loader already carries the DistributedSampler
-        else:
-            loader = trainer.datamodule.probe_dataloader()
-            max_batches = self.probe_batches
-            sharded = False
-        if loader is None:
-            raise LipschitzLRError("LipschitzLR: no training data to probe; pass first_epoch_lr=<number>")
-        run_batch, through_training_step = _probe_pass(trainer, pl_module, initial)
-        was_training = pl_module.training
-        buffers = {name: b.detach().clone() for name, b in pl_module.named_buffers()} if initial else {}
-        self._steps = []
-        self._discard_in_flight()
-        n_local = 0
+    @contextmanager
+    def _recording_into(self, record: EpochRecord) -> Iterator[EpochRecord]:
+        kept, self.record = self.record, record
+        self.discard_in_flight()
         try:
-            with _probe_isolation(pl_module, silence_logging=through_training_step), torch.no_grad():
-                pl_module.train(initial)
-                self._recording = True
-                for j, batch in enumerate(loader):
-                    rank_batch = j if sharded else j // world
-                    if not sharded and j % world != trainer.global_rank:
-                        continue
-                    if max_batches is not None and rank_batch >= max_batches:
-                        break
-                    batch = trainer.strategy.batch_to_device(batch, pl_module.device)
-                    self._record_targets(batch)
-                    run_batch(batch, j)
-                    n_local += 1
-                    if n_local % accumulate == 0:
-                        self._commit_step()
-                if n_local % accumulate:
-                    self._commit_step()
+            yield record
         finally:
-            self._recording = False
-            pl_module.train(was_training)
-            with torch.no_grad():
-                for name, b in pl_module.named_buffers():
-                    if name in buffers:
-                        b.copy_(buffers[name])
-        if n_local == 0:
-            raise LipschitzLRError("LipschitzLR: the probe saw no batches; pass first_epoch_lr=<number>")
-        if not sharded:
-            # Keep only whole steps so that every rank contributes the same number of entries.
-            n_total = len(loader) if max_batches is None else min(len(loader), max_batches * world)
-            n_steps = max(1, n_total // (world * accumulate))
-            self._steps = self._steps[:n_steps]
-            while len(self._steps) < n_steps:
-                self._steps.append(torch.zeros(self._layout.size, device=pl_module.device))
+            self.record = kept
 
-    # ------------------------------------------------------------------ the epoch's reduction
+    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, initial: bool,
+              max_batches: Optional[int] = None) -> HeadStats:
+        """The statistics of a no-grad probe (:func:`~lipschitz_lightning.callbacks.probe.run_probe`):
+        the first-epoch probe of the initial weights (``initial``), or the ``source='probe'``
+        pass, which keeps the epoch's gradient maxima. The epoch's own record is left as it was."""
+        carried = EpochRecord() if initial else EpochRecord(grad_max=self.record.grad_max, head_abs=self.record.head_abs)
+        with self._recording_into(carried) as record:
+            run_probe(trainer, pl_module, self, initial, max_batches if initial else self.probe_batches)
+            return self.reduce(trainer, pl_module, record)
 
-    def _gather(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> HeadStats:
-        """Reduce the finished steps across ranks (one collective, one host transfer) into the
-        epoch's :class:`~lipschitz_lightning.math.statistics.HeadStats`."""
+    def gather(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> HeadStats:
+        """The epoch's statistics so far: with ``source='probe'``, at the epoch's end, the probe's."""
+        return self.reduce(trainer, pl_module, self.record)
+
+    def reduce(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: EpochRecord) -> HeadStats:
+        """Reduce a record's steps across ranks (one collective, one host transfer) into
+        :class:`~lipschitz_lightning.math.statistics.HeadStats`."""
         device = pl_module.device
         size = self._layout.size
-        steps = torch.stack(self._steps).to(device) if self._steps else torch.zeros(1, size, device=device)
+        steps = torch.stack(record.steps).to(device) if record.steps else torch.zeros(1, size, device=device)
         with torch.no_grad():
             w_max = torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in pl_module.parameters()]).max()
-            head_abs = self._head.weight.detach().float().abs().max()
-            if self._head_abs is not None:
-                head_abs = torch.maximum(head_abs, self._head_abs.to(head_abs.device))
-        grad = self._grad_max if self._grad_max is not None else torch.full((), math.nan, device=device)
+            head_abs = self.head.weight.detach().float().abs().max()
+            if record.head_abs is not None:
+                head_abs = torch.maximum(head_abs, record.head_abs.to(head_abs.device))
+        grad = record.grad_max if record.grad_max is not None else torch.full((), math.nan, device=device)
         packed = torch.cat([steps.flatten(), w_max.reshape(1), head_abs.reshape(1).to(device), grad.reshape(1).to(device)])
         world = trainer.world_size
         if world > 1:
@@ -294,153 +333,6 @@ class HeadGathering:
             head_abs_max=float(values[-2]) / world,
             grad_max=float(values[-1]) / world,
         )
-
-    # ------------------------------------------------------------------ checkpoint helpers
-
-    def _pending_state(self) -> dict:
-        return {
-            "pending_steps": [s.detach().cpu() for s in self._steps],
-            "pending_grad_max": self._grad_max.detach().cpu() if self._grad_max is not None else None,
-            "pending_head_abs": self._head_abs.detach().cpu() if self._head_abs is not None else None,
-            "micro_done": self._micro_done,
-        }
-
-    def _load_pending(self, state_dict: dict) -> None:
-        steps = list(state_dict.get("pending_steps", []))
-        if steps and "micro_done" not in state_dict:
-            steps = [_from_old_layout(s, int(state_dict.get("local_batch", 0))) for s in steps]
-        self._steps = steps
-        self._grad_max = state_dict.get("pending_grad_max")
-        self._head_abs = state_dict.get("pending_head_abs")
-        self._micro_done = int(state_dict.get("micro_done", len(steps)))
-
-
-def _defines_forward(pl_module: pl.LightningModule) -> bool:
-    """The module has a ``forward`` of its own (LightningModule's raises NotImplementedError)."""
-    if "forward" in vars(pl_module):
-        return True
-    return getattr(type(pl_module), "forward", None) not in (pl.LightningModule.forward, nn.Module.forward)
-
-
-def _probe_pass(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, initial: bool
-) -> Tuple[Callable[[Any, int], Any], bool]:
-    """How the probe runs one batch, and whether that is through ``training_step``:
-    ``pl_module(inputs)`` where the module defines ``forward`` (the first element of a
-    list/tuple batch), else the module's ``training_step(batch, batch_idx)`` (under no_grad; no
-    backward or optimizer step follows it).
-
-    Raises:
-        LipschitzLRError: neither can run (no ``forward``, and a ``training_step`` that steps its
-            optimizers itself or takes a ``dataloader_iter``); the message says what to add.
-    """
-    if _defines_forward(pl_module):
-        return (lambda batch, batch_idx: pl_module(batch[0] if isinstance(batch, (list, tuple)) else batch)), False
-    name = type(pl_module).__name__
-    training_step = pl_module.training_step
-    if getattr(type(pl_module), "training_step", None) is pl.LightningModule.training_step:
-        problem = "no training_step"
-    elif not pl_module.automatic_optimization:
-        problem = "a training_step that steps its optimizers itself (automatic_optimization=False)"
-    elif is_param_in_hook_signature(training_step, "dataloader_iter", explicit=True):
-        problem = "a training_step that takes a dataloader_iter"
-    else:
-        problem = None
-    if problem is not None:
-        what = ("the first-epoch probe" if initial else "the source='probe' pass")
-        fix = ("define forward(self, x) (the batch's inputs to the logits), or pass first_epoch_lr=<a positive number>"
-               if initial else "define forward(self, x) (the batch's inputs to the logits), or use source='hooks'")
-        raise LipschitzLRError(f"LipschitzLR: {what} runs batches through {name}, which has no forward and {problem}; {fix}")
-    takes_index = is_param_in_hook_signature(training_step, "batch_idx", min_args=2)
-    precision = trainer.precision_plugin
-
-    def run(batch: Any, batch_idx: int) -> Any:
-        with precision.train_step_context():
-            return training_step(batch, batch_idx) if takes_index else training_step(batch)
-
-    return run, True
-
-
-def _no_log(*args: Any, **kwargs: Any) -> None:
-    """``log`` / ``log_dict`` while the probe runs: its values are not training's."""
-
-
-@contextmanager
-def _probe_isolation(pl_module: pl.LightningModule, silence_logging: bool) -> Iterator[None]:
-    """Run the probe as if it had not run: the RNGs (torch's, the model's CUDA device's, Python's
-    and NumPy's) and every module's Python state are restored on exit; with ``silence_logging``
-    (a pass through ``training_step``) ``log`` / ``log_dict`` do nothing meanwhile.
-
-    A module's state is its ``__dict__`` (torch's own entries aside: parameters, buffers,
-    submodules, hooks, the training flag): attributes
-    rebound are bound back, lists and dicts get their items back (``self.outputs.append(loss)``),
-    and the tensor states of torchmetrics metrics (``self.accuracy(logits, y)``) their values,
-    in place, so that metrics sharing state (a MetricCollection's compute groups) still share it.
-    Nothing is written back where nothing changed (a compiled model's guards stay valid).
-    """
-    devices = [pl_module.device] if pl_module.device.type == "cuda" else []
-    numpy = sys.modules.get("numpy")
-    python_rng = random.getstate()
-    numpy_rng = numpy.random.get_state() if numpy is not None else None
-    saved = [(module, _module_state(module)) for module in pl_module.modules()]
-    try:
-        with torch.random.fork_rng(devices=devices):
-            if silence_logging:  # instance attributes, removed by the restore below
-                pl_module.log = _no_log
-                pl_module.log_dict = _no_log
-            yield
-    finally:
-        random.setstate(python_rng)
-        if numpy_rng is not None:
-            numpy.random.set_state(numpy_rng)
-        with torch.no_grad():
-            for module, state in saved:
-                _restore_module_state(module, state)
-
-
-# What nn.Module keeps in every module's __dict__ (parameters, buffers, submodules, hooks, the
-# training flag): torch's own bookkeeping, left alone.
-_MODULE_SLOTS = frozenset(vars(nn.Module()))
-
-
-def _module_state(module: nn.Module) -> Dict[str, Tuple[Any, Any]]:
-    """``{attribute: (value, copy of its contents)}`` of one module's ``__dict__``."""
-    metric = isinstance(module, Metric)
-    state = {}
-    for key, value in vars(module).items():
-        if key in _MODULE_SLOTS:
-            continue
-        if isinstance(value, list):
-            contents: Any = list(value)
-        elif isinstance(value, dict):
-            contents = dict(value)
-        elif metric and torch.is_tensor(value):
-            contents = value.detach().clone()
-        else:
-            contents = None
-        state[key] = (value, contents)
-    return state
-
-
-def _restore_module_state(module: nn.Module, state: Dict[str, Tuple[Any, Any]]) -> None:
-    attributes = vars(module)
-    for key in [k for k in attributes if k not in state and k not in _MODULE_SLOTS]:
-        del attributes[key]
-    for key, (value, contents) in state.items():
-        if attributes.get(key, state) is not value:
-            attributes[key] = value
-        if isinstance(value, list):
-            if len(value) != len(contents) or any(a is not b for a, b in zip(value, contents)):
-                value[:] = contents
-        elif isinstance(value, dict):
-            if len(value) != len(contents) or any(value.get(k, state) is not v for k, v in contents.items()):
-                value.clear()
-                value.update(contents)
-        elif torch.is_tensor(contents):
-            if value.shape == contents.shape:
-                value.copy_(contents)
-            else:
-                value.set_(contents)
 
 
 def _head_input(args: Tuple[Any, ...]) -> torch.Tensor:
