@@ -47,12 +47,12 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from lipschitz_lightning.app import help as _help  # noqa: F401 - registers --help's training_groups resolver
 from lipschitz_lightning.app import checkpoints, exits, preflight, run_folder, signals
-from lipschitz_lightning.app.hydra_callbacks import JobFailed, JobNotRun, JobStopped, ReportFailedJobs  # noqa: F401
+from lipschitz_lightning.app.hydra_callbacks import JobFailed, JobNotRun, JobStopped  # noqa: F401
 from lipschitz_lightning.app.noise import NOISE_WARNINGS
 from lipschitz_lightning.app.preflight import USER_ERRORS, ConfigError, choice, instantiate  # noqa: F401
 from lipschitz_lightning.configs import config_dir
 
-__all__ = ["ConfigError", "ReportFailedJobs", "main", "train"]
+__all__ = ["ConfigError", "main", "train"]
 
 log = logging.getLogger(__name__)
 

@@ -113,7 +113,7 @@ class Case:
 def hydra_run_dir_and_callbacks(case: Case) -> None:
     hydra_cfg = OmegaConf.to_container(case.cfg.hydra, resolve=False)
     assert "${task_name}" in hydra_cfg["run"]["dir"] and "${run_dir:" in hydra_cfg["run"]["dir"]
-    assert hydra_cfg["callbacks"]["report_failed_jobs"]["_target_"] == "lipschitz_lightning.train.ReportFailedJobs"
+    assert hydra_cfg["callbacks"]["report_failed_jobs"]["_target_"] == "lipschitz_lightning.app.hydra_callbacks.ReportFailedJobs"
 
 
 def every_interpolation_resolves(case: Case) -> None:
