@@ -47,7 +47,7 @@ OPTIMIZERS = {
     "sgd": partial(sgd, weight_decay=1e-3),
     "adamo": partial(sgd, momentum=0.9, weight_decay=1e-3),
     "rmsprop": lambda p: torch.optim.RMSprop(p, lr=0.123, alpha=0.9, weight_decay=1e-3),
-    "adam": lambda p: torch.optim.Adam(p, lr=0.123, weight_decay=1e-3),
+    "auto_adam": lambda p: torch.optim.Adam(p, lr=0.123, weight_decay=1e-3),
 }
 
 

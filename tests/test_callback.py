@@ -35,18 +35,18 @@ def toy(rule="sgd", loss="softmax_ce", k=3, seed=0, **net_kwargs):
 
 # --------------------------------------------------------------------------- the formula, end to end
 
-@pytest.mark.parametrize("rule", ["sgd", "adamo", "rmsprop", "adam"])
+@pytest.mark.parametrize("rule", ["sgd", "adamo", "rmsprop", "auto_adam"])
 def test_rates_follow_the_spec_formula_on_independently_recorded_statistics(rule):
     module = toy(rule)
     data = ToyDataModule(make_data(n=48), batch_size=16)
-    first = {"sgd": 0.05, "adamo": 0.1, "rmsprop": 0.01, "adam": 1e-3}[rule]
+    first = {"sgd": 0.05, "adamo": 0.1, "rmsprop": 0.01, "auto_adam": 1e-3}[rule]
     inputs, rates = InputRecorder(), RateRecorder()
     # The raw rule (the guard is on by default and may roll back an epoch of these toy data).
     cb = LipschitzLR(rule=rule, loss="softmax_ce", first_epoch_lr=first, guard=False)
     trainer([cb, inputs, rates], max_epochs=3).fit(module, datamodule=data)
 
     lam, k, m, eps = 1e-3, 3, 16, 1e-7
-    b1, b2 = {"sgd": (0, 0), "adamo": (0.9, 0), "rmsprop": (0, 0.9), "adam": (0.9, 0.999)}[rule]
+    b1, b2 = {"sgd": (0, 0), "adamo": (0.9, 0), "rmsprop": (0, 0.9), "auto_adam": (0.9, 0.999)}[rule]
     K1 = first if rule == "adamo" else 0.0
     K2 = 0.0
     expected = []
@@ -59,7 +59,7 @@ def test_rates_follow_the_spec_formula_on_independently_recorded_statistics(rule
         K1 = b1 * K1 + (1 - b1) * L
         K2 = b2 * K2 + (1 - b2) * G2
         expected.append({"sgd": 1 / L, "adamo": 1 / K1, "rmsprop": (math.sqrt(K2) + eps) / k_z,
-                         "adam": (math.sqrt(K2) + eps) / K1}[rule])
+                         "auto_adam": (math.sqrt(K2) + eps) / K1}[rule])
     assert rates.rates[0] == pytest.approx(first)
     for epoch in (1, 2):
         assert rates.rates[epoch] == pytest.approx(expected[epoch - 1], rel=1e-5)
@@ -85,8 +85,8 @@ def test_validation_and_sanity_check_are_not_recorded():
 
 
 def test_logged_keys_and_theory_check():
-    module = toy("adam")
-    cb = LipschitzLR(rule="adam", loss="softmax_ce")
+    module = toy("auto_adam")
+    cb = LipschitzLR(rule="auto_adam", loss="softmax_ce")
     t = trainer([cb], max_epochs=2)
     t.fit(module, datamodule=ToyDataModule(make_data(), batch_size=16))
     keys = {"lipschitz/lr", "lipschitz/next_lr", "lipschitz/L", "lipschitz/K_z", "lipschitz/W", "lipschitz/K1",
@@ -368,9 +368,9 @@ class GuardSwitch(pl.Callback):
 
 def test_per_step_path_never_moves_a_value_to_the_host(monkeypatch):
     guard = SyncGuard(monkeypatch)
-    cb = LipschitzLR(rule="adam", loss="softmax_ce")
+    cb = LipschitzLR(rule="auto_adam", loss="softmax_ce")
     seen = {}
-    module = toy("adam")
+    module = toy("auto_adam")
     trainer([GuardSwitch(guard, True, seen), cb, GuardSwitch(guard, False, seen)], max_epochs=2).fit(
         module, datamodule=ToyDataModule(make_data(), 16))
     # 4 steps per epoch, each bracketed (the last batch end of each epoch aside); the probe's passes as well
@@ -547,8 +547,8 @@ class NoLinear(nn.Module):
         (ToyNet(k=1), LipschitzLR(loss="softmax_ce"), OPTIMIZERS["sgd"], "k >= 2"),
         (ToyNet(), LipschitzLR(rule="adamo"), OPTIMIZERS["sgd"], "SGD with momentum"),
         (ToyNet(), LipschitzLR(rule="sgd"), OPTIMIZERS["adamo"], "without momentum"),
-        (ToyNet(), LipschitzLR(rule="adam"), OPTIMIZERS["sgd"], "Adam or torch.optim.AdamW"),
-        (ToyNet(), LipschitzLR(rule="rmsprop"), OPTIMIZERS["adam"], "RMSprop"),
+        (ToyNet(), LipschitzLR(rule="auto_adam"), OPTIMIZERS["sgd"], "Adam or torch.optim.AdamW"),
+        (ToyNet(), LipschitzLR(rule="rmsprop"), OPTIMIZERS["auto_adam"], "RMSprop"),
     ],
 )
 def test_bad_setups_fail_before_training(net, callback, optimizer, match):

@@ -41,7 +41,7 @@ def fit(rule, compiled, epochs=4):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rule", ["adam", "smooth", "curvature"])
+@pytest.mark.parametrize("rule", ["auto_adam", "smooth", "curvature"])
 def test_compiled_model_compiles_once_and_keeps_the_rates(rule):
     torch._dynamo.reset()
     counters.clear()

@@ -59,7 +59,7 @@ def test_every_rule_is_one_complete_entry():
         assert rule.first_epoch_lr == "auto" or rule.first_epoch_lr > 0
         assert set(rule.logged) <= {"K1", "K2"}
         assert all(isinstance(s, Statistic) for s in rule.statistics)
-    assert {n for n, r in RULES.items() if r.paper} == {"sgd", "adamo", "rmsprop", "adam"}
+    assert {n for n, r in RULES.items() if r.paper} == {"sgd", "adamo", "rmsprop", "auto_adam"}
 
 
 @pytest.mark.parametrize(
@@ -185,7 +185,7 @@ def test_rmsprop_bias_corrected():
 def test_auto_adam_sequence():
     # K1: .2, .28, .302 ; K2 (b2=.999): .004, .004996, .00524096 (=.999*.004996+.001*.25)
     eps = 1e-7
-    rates, state = run("adam", RuleHyper(betas=(0.9, 0.999), eps=eps), RuleState())
+    rates, state = run("auto_adam", RuleHyper(betas=(0.9, 0.999), eps=eps), RuleState())
     k1 = [0.2, 0.28, 0.302]
     k2 = [0.004, 0.999 * 0.004 + 0.001 * 1.0, 0.999 * (0.999 * 0.004 + 0.001) + 0.001 * 0.25]
     assert k2[1] == pytest.approx(0.004996) and k2[2] == pytest.approx(0.005241004)
@@ -194,7 +194,7 @@ def test_auto_adam_sequence():
 
 
 def test_auto_adam_bias_corrected():
-    rates, _ = run("adam", RuleHyper(betas=(0.9, 0.999), eps=0.0, bias_correction=True), RuleState())
+    rates, _ = run("auto_adam", RuleHyper(betas=(0.9, 0.999), eps=0.0, bias_correction=True), RuleState())
     k1 = [0.2, 0.28, 0.302]
     k2 = [0.004, 0.004996, 0.005241004]
     expected = [math.sqrt(b / (1 - 0.999**t)) / (a / (1 - 0.9**t)) for t, (a, b) in enumerate(zip(k1, k2), 1)]
@@ -214,10 +214,25 @@ def test_first_epoch_defaults_and_unknown_rule():
     assert default_first_epoch_lr("sgd") == "auto"
     assert default_first_epoch_lr("rmsprop") == "auto"
     assert default_first_epoch_lr("adamo") == 0.1
-    assert default_first_epoch_lr("adam") == 1e-3
-    assert initial_state("adam", 1e-3) == RuleState()
+    assert default_first_epoch_lr("auto_adam") == 1e-3
+    assert initial_state("auto_adam", 1e-3) == RuleState()
     with pytest.raises(ValueError, match="unknown rule"):
         next_rate("nesterov", RuleState(), EPOCHS[0], RuleHyper())
+
+
+def test_adam_is_still_accepted_as_auto_adams_earlier_name():
+    from lipschitz_lightning.math import RULE_ALIASES, canonical_rule, get_rule
+
+    assert "adam" not in RULES and RULE_ALIASES == {"adam": "auto_adam"}
+    assert canonical_rule("adam") == canonical_rule("auto_adam") == "auto_adam"
+    assert get_rule("adam") is RULES["auto_adam"]
+    hyper = RuleHyper(betas=(0.9, 0.999))
+    assert next_rate("adam", RuleState(), EPOCHS[0], hyper) == next_rate("auto_adam", RuleState(), EPOCHS[0], hyper)
+    assert default_first_epoch_lr("adam") == 1e-3
+    # The callback's checkpointed state stays filed under the earlier name, so old checkpoints load.
+    assert {name: rule.state_name for name, rule in RULES.items() if rule.state_name != name} == {"auto_adam": "adam"}
+    with pytest.raises(ValueError, match=r"unknown rule 'nesterov'; expected one of \[.*'auto_adam'"):
+        canonical_rule("nesterov")
 
 
 def test_caps():

@@ -22,7 +22,7 @@ from lipschitz_lightning.train import train
 from tests.conftest import CONF_DIR, compose_train, path_overrides, tiny_trainer
 from tests.lipschitz_toys import OPTIMIZERS, ToyDataModule, ToyModule, ToyNet, make_data, trainer
 
-PAPER_RULES = {"sgd": "sgd", "adamo": "adamo", "rmsprop": "rmsprop", "auto_adam": "adam"}  # option -> rule
+PAPER_RULES = {"sgd": "sgd", "adamo": "adamo", "rmsprop": "rmsprop", "auto_adam": "auto_adam"}  # option -> rule
 POLICY_KEYS = ("guard", "max_growth", "first_epoch_checks", "first_epoch_growth")
 # What each LipschitzLR option of conf/optim sets: (guard, max_growth, first_epoch_checks, first_epoch_growth).
 EXPECTED = {
@@ -117,7 +117,7 @@ class StepRates(pl.Callback):
 
 
 # Runs the guard never stops (4 steps per epoch; AdaMo at x = 1, where K_0 = x does not jump).
-HEALTHY = {"sgd": 0.02, "adamo": 1.0, "rmsprop": 0.01, "adam": 1e-3}
+HEALTHY = {"sgd": 0.02, "adamo": 1.0, "rmsprop": 0.01, "auto_adam": 1e-3}
 
 
 @pytest.mark.parametrize("rule", sorted(HEALTHY))

@@ -183,7 +183,7 @@ BAD_INPUT = [
     pytest.param(["optim=sgd", "optim.optimizer.momentum=0.9"], "image", "rule 'sgd' needs torch.optim.SGD without momentum",
                  id="sgd-rule-with-momentum"),
     pytest.param(["optim=auto_adam", "optim.optimizer._target_=torch.optim.RMSprop", "~optim.optimizer.betas"], "image",
-                 "rule 'adam' needs torch.optim.Adam", id="adam-rule-with-rmsprop"),
+                 "rule 'auto_adam' needs torch.optim.Adam", id="auto-adam-rule-with-rmsprop"),
     pytest.param(["optim=adamo", "optim.optimizer.momentum=0.0", "optim.optimizer.dampening=0.0"], "image",
                  "rule 'adamo' needs torch.optim.SGD with momentum", id="adamo-rule-without-momentum"),
 ]

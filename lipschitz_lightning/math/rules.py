@@ -10,7 +10,7 @@ rate ``x``, as in the paper's section 7.3.1 and the reference code).
 | ``sgd``     | --                                              | ``1 / L``                     |
 | ``adamo``   | ``K1 <- b K1 + (1-b) L``                         | ``1 / K1``                    |
 | ``rmsprop`` | ``K2 <- b K2 + (1-b) G2``                        | ``(sqrt(K2) + eps) / K_z``    |
-| ``adam``    | ``K1 <- b1 K1 + (1-b1) L``, ``K2 <- b2 K2 + (1-b2) G2`` | ``(sqrt(K2) + eps) / K1`` |
+| ``auto_adam`` | ``K1 <- b1 K1 + (1-b1) L``, ``K2 <- b2 K2 + (1-b2) G2`` | ``(sqrt(K2) + eps) / K1`` |
 
 With bias correction (paper 6.4, off by default) each EWMA is divided by ``1 - beta^t`` before
 use, ``t`` being the number of updates so far (1 after the first epoch).
@@ -23,6 +23,7 @@ Beyond the paper (``docs/rules.md``): ``adamo_consistent`` (AdaMo with ``K`` see
 A rule is one :class:`Rule` entry of :data:`RULES`: its update, the bound it feeds the update
 with (:func:`epoch_bound`), its first-epoch default, the statistics it needs (:class:`Statistic`),
 how it seeds its state, the keys it logs and the optimizer it assumes (:class:`OptimizerKind`).
+A rule's earlier name stays accepted (:data:`RULE_ALIASES`, resolved by :func:`canonical_rule`).
 Pure math: no torch optimizer and no Lightning here. The callback's policy around a rule (guard,
 growth cap, first-epoch checks) is ``LipschitzLR``'s arguments, set in ``conf/optim/<rule>.yaml``.
 """
@@ -40,7 +41,9 @@ from lipschitz_lightning.math.statistics import HeadStats
 
 __all__ = [
     "RULES",
+    "RULE_ALIASES",
     "Rule",
+    "canonical_rule",
     "Statistic",
     "OptimizerKind",
     "get_rule",
@@ -266,7 +269,7 @@ class Rule:
     ``callbacks.policy.POLICIES``).
 
     Attributes:
-        name: the name configs and the callback use.
+        name: the name configs and the callback use (``conf/optim/<name>.yaml`` sets ``rule: <name>``).
         summary: one line for docs and errors.
         update: ``(state, epoch_stats, hyper) -> (lr, new_state)``.
         bound: ``(head_stats, loss, k, weight_decay) -> EpochStats``: the epoch's bound.
@@ -280,6 +283,9 @@ class Rule:
         bounds_gradient: its ``L`` bounds the gradient's entries (so ``grad_max_over_L`` is logged).
         single_beta: which of ``(beta1, beta2)`` a single ``betas=`` float sets.
         paper: one of the paper's four rules (kept exactly as published).
+        state_name: the name the callback's checkpointed state is filed under (its state key):
+            the rule's name, except where the rule was renamed (``auto_adam`` was ``adam``), so
+            checkpoints written before the rename still load. Default (empty): ``name``.
     """
 
     name: str
@@ -295,6 +301,11 @@ class Rule:
     bounds_gradient: bool = True
     single_beta: int = 0
     paper: bool = False
+    state_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.state_name:
+            object.__setattr__(self, "state_name", self.name)
 
 
 _CLASSIFICATION = tuple(name for name, entry in LOSSES.items() if entry.is_classification)
@@ -310,8 +321,9 @@ RULES: dict[str, Rule] = {
              _MOMENTUM, first_epoch_lr=0.1, seed=_paper_adamo_seed, logged=("K1",), paper=True),
         Rule("rmsprop", "adaptive RMSprop (reference code): lr = (sqrt(K2)+eps)/K_z", adaptive_rmsprop,
              paper_bound, OptimizerKind.RMSPROP, statistics=_S, logged=("K2",), single_beta=1, paper=True),
-        Rule("adam", "Auto-Adam (paper Algorithm 3): lr = (sqrt(K2)+eps)/K1", auto_adam, paper_bound,
-             OptimizerKind.ADAM, first_epoch_lr=1e-3, statistics=_S, logged=("K1", "K2"), paper=True),
+        Rule("auto_adam", "Auto-Adam (paper Algorithm 3): lr = (sqrt(K2)+eps)/K1", auto_adam, paper_bound,
+             OptimizerKind.ADAM, first_epoch_lr=1e-3, statistics=_S, logged=("K1", "K2"), paper=True,
+             state_name="adam"),
         Rule("adamo_consistent", "AdaMo with K seeded at 1/x, the Lipschitz constant of the first rate",
              adamo, paper_bound, _MOMENTUM, first_epoch_lr=0.1, seed=_consistent_adamo_seed, logged=("K1",)),
         Rule("gradbound", "lr = 1/G, G a provable bound on every entry of the head's gradient", adaptive_sgd,
@@ -326,15 +338,30 @@ RULES: dict[str, Rule] = {
 }
 
 
-def get_rule(name: str) -> Rule:
-    """The :class:`Rule` called ``name``.
+#: A rule's earlier name -> its name in :data:`RULES` (accepted wherever a rule is named).
+RULE_ALIASES: dict[str, str] = {"adam": "auto_adam"}
+
+
+def canonical_rule(name: str) -> str:
+    """The :data:`RULES` name of the rule called ``name`` (itself, or what an alias of
+    :data:`RULE_ALIASES` stands for: ``"adam"`` -> ``"auto_adam"``).
 
     Raises:
         ValueError: an unknown name (the message lists the known ones).
     """
-    if name not in RULES:
+    canonical = RULE_ALIASES.get(name, name)
+    if canonical not in RULES:
         raise ValueError(f"unknown rule {name!r}; expected one of {sorted(RULES)}")
-    return RULES[name]
+    return canonical
+
+
+def get_rule(name: str) -> Rule:
+    """The :class:`Rule` called ``name`` (or an alias of it, :func:`canonical_rule`).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    return RULES[canonical_rule(name)]
 
 
 def epoch_bound(rule: str, stats: HeadStats, loss: str, k: int, weight_decay: float) -> EpochStats:
