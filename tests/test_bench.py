@@ -121,7 +121,7 @@ def test_new_optim_configs_step(optim: str):
     assert optimizer_state_bytes(optimizer) > 0
     if optim == "momentum_lrfind_cosine":
         callback = hydra.utils.instantiate(cfg.callbacks.lr_find_cosine)
-        assert isinstance(callback, LRFinderCosine) and callback._num_training_steps == 100
+        assert isinstance(callback, LRFinderCosine) and callback.num_training_steps == 100
 
 
 def test_epoch_rows_merge_lightning_rows(tmp_path: Path):

@@ -184,6 +184,11 @@ class LRFinderCosine(LearningRateFinder):
         self.factor = factor
         self.peak_lr: Optional[float] = None
 
+    @property
+    def num_training_steps(self) -> int:
+        """The steps the finder's sweep takes (Lightning's finder keeps the value private)."""
+        return self._num_training_steps
+
     def lr_find(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The sweep takes its ``num_training_steps`` even in a run of fewer epochs than that needs."""
         loop = trainer.fit_loop
