@@ -473,10 +473,13 @@ class Interrupt(pl.Callback):
             raise RuntimeError("crash after the optimizer step")
 
 
+@pytest.mark.parametrize("guard", [False, None], ids=["raw", "default-guard"])
 @pytest.mark.parametrize("where", ["before_step", "after_step"])
-def test_resume_from_an_interruption_mid_step_continues_the_same_rates(tmp_path, where):
+def test_resume_from_an_interruption_mid_step_continues_the_same_rates(tmp_path, where, guard):
     """The on-exception checkpoint holds the statistics of exactly the steps that finished, so the
-    resumed run logs the rates (and takes the optimizer steps) of an uninterrupted one."""
+    resumed run logs the rates (and takes the optimizer steps) of an uninterrupted one; with the
+    default guard, which rolls the interrupted epoch back in the uninterrupted run, the resumed run
+    rolls it back too (from the snapshot of its start that the checkpoint holds)."""
     data = make_data(n=80)  # 5 steps of 16 per epoch, unshuffled
 
     def run(callbacks, seed=0, **kwargs):
@@ -485,9 +488,9 @@ def test_resume_from_an_interruption_mid_step_continues_the_same_rates(tmp_path,
         t.fit(toy("adamo", seed=seed), datamodule=ResumableDataModule(data, 16))
         return t, rates
 
-    full_trainer, full = run([LipschitzLR(rule="adamo", guard=False)], default_root_dir=tmp_path / "full")
+    full_trainer, full = run([LipschitzLR(rule="adamo", guard=guard)], default_root_dir=tmp_path / "full")
 
-    interrupted = [Interrupt(where), LipschitzLR(rule="adamo", guard=False), OnExceptionCheckpoint(dirpath=tmp_path)]
+    interrupted = [Interrupt(where), LipschitzLR(rule="adamo", guard=guard), OnExceptionCheckpoint(dirpath=tmp_path)]
     with pytest.raises(SystemExit if where == "before_step" else RuntimeError):
         run(interrupted, default_root_dir=tmp_path / "a")
     checkpoint = torch.load(tmp_path / "on_exception.ckpt", weights_only=False)
@@ -495,13 +498,16 @@ def test_resume_from_an_interruption_mid_step_continues_the_same_rates(tmp_path,
     assert len(state["pending_steps"]) == (2 if where == "before_step" else 3)  # the finished steps of epoch 1
 
     resumed = RateRecorder()
-    t = trainer([LipschitzLR(rule="adamo", guard=False), resumed], max_epochs=4, enable_checkpointing=True,
+    t = trainer([LipschitzLR(rule="adamo", guard=guard), resumed], max_epochs=4, enable_checkpointing=True,
                 default_root_dir=tmp_path / "b")
     t.fit(toy("adamo", seed=7), datamodule=ResumableDataModule(data, 16), ckpt_path=str(tmp_path / "on_exception.ckpt"))
     assert t.global_step == full_trainer.global_step == 20  # no step lost, none taken twice
     assert [s["lr"] for s in resumed.stats] == pytest.approx([s["lr"] for s in full.stats[1:]], rel=1e-6)
     assert [s["K_z"] for s in resumed.stats] == pytest.approx([s["K_z"] for s in full.stats[1:]], rel=1e-6)
     assert resumed.stats[-1]["next_lr"] == pytest.approx(full.stats[-1]["next_lr"], rel=1e-6)
+    if guard is None:  # the interrupted epoch is the one the guard rolls back
+        assert [s["rollbacks"] for s in full.stats] == [0, 1, 1, 1]
+        assert [s["rollbacks"] for s in resumed.stats] == [1, 1, 1]
 
 
 # --------------------------------------------------------------------------- DDP (gloo, CPU)

@@ -23,10 +23,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lipschitz_lightning.app import checkpoints, run_folder
-from lipschitz_lightning.callbacks import LipschitzLRError, NonFiniteError, check_optimizer, find_head
+from lipschitz_lightning.callbacks import LipschitzLR, LipschitzLRError, NonFiniteError, check_optimizer, find_head
 from lipschitz_lightning.data import DatasetCorruptError, DatasetNotFoundError
 from lipschitz_lightning.data.base import SettingError
-from lipschitz_lightning.math.rules import canonical_rule
 
 __all__ = ["ConfigError", "USER_ERRORS", "VALUE_CHECKS", "build_net", "check_checkpoint", "check_head",
            "check_optimizer_fits", "check_run_folder", "check_values", "choice", "instantiate", "resume_path"]
@@ -211,24 +210,14 @@ def _load_checkpoint(path: str) -> Dict[str, Any]:
     return checkpoint
 
 
-def _canonical(rule: Any) -> Any:
-    """A rule's name as the registry files it (an earlier name resolved: ``adam`` is ``auto_adam``);
-    a name the registry does not know is compared as it is."""
-    try:
-        return canonical_rule(str(rule))
-    except ValueError:
-        return rule
-
-
 def _check_rule(path: str, checkpoint: Dict[str, Any], lipschitz: Any) -> None:
     """The LipschitzLR rule the checkpoint was trained with is this run's (also when this run has
-    no LipschitzLR, so there is no callback to ask: the states are read here). Rules are compared
+    no LipschitzLR: the callback's class says which rules a checkpoint holds). Rules are compared
     by their registry names, so a checkpoint of ``adam`` resumes as ``auto_adam``."""
-    rules = {_canonical(state.get("rule")) for key, state in checkpoint.get("callbacks", {}).items()
-             if key.startswith("LipschitzLR")}
-    rule = _canonical(lipschitz.rule) if lipschitz is not None else None
+    rules = LipschitzLR.rules_of(checkpoint)
+    rule = lipschitz.rule if lipschitz is not None else None
     if rules and rule not in rules or (rule is not None and not rules):
-        raise ConfigError(f"ckpt_path: {path} was trained with LipschitzLR rule {sorted(map(str, rules)) or 'none'}, "
+        raise ConfigError(f"ckpt_path: {path} was trained with LipschitzLR rule {sorted(rules) or 'none'}, "
                           f"this run uses {rule or 'no LipschitzLR'}; pass the run's own optim=")
 
 

@@ -57,7 +57,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Set, Union
 
 import pytorch_lightning as pl
 import torch
@@ -71,7 +71,7 @@ from lipschitz_lightning.callbacks.rollback import RollbackGuard
 from lipschitz_lightning.callbacks.scheduler import RateScheduler
 from lipschitz_lightning.math.guard import retry_rate
 from lipschitz_lightning.math.losses import get_loss
-from lipschitz_lightning.math.rules import RULES, RuleState, initial_state
+from lipschitz_lightning.math.rules import RULES, RuleState, canonical_rule, get_rule, initial_state
 from lipschitz_lightning.math.statistics import HeadStats
 
 __all__ = ["LipschitzLR", "LipschitzLRError", "check_optimizer", "find_head"]
@@ -82,7 +82,8 @@ class LipschitzLR(pl.Callback):
 
     Args:
         rule: a name in :data:`lipschitz_lightning.math.rules.RULES`: the paper's ``"sgd"``
-            (adaptive SGD), ``"adamo"`` (momentum), ``"rmsprop"``, ``"adam"`` (Auto-Adam); ours
+            (adaptive SGD), ``"adamo"`` (momentum), ``"rmsprop"``, ``"auto_adam"`` (Auto-Adam; its
+            earlier name ``"adam"`` is accepted); ours
             ``"adamo_consistent"``, ``"gradbound"``, ``"smooth"``, ``"curvature"`` (``docs/rules.md``).
         loss: ``"softmax_ce"``, ``"bce"`` (one sigmoid output) or ``"mse"`` (least squares).
         head: module name of the head ``nn.Linear``; default the model's last ``nn.Linear``.
@@ -160,8 +161,10 @@ class LipschitzLR(pl.Callback):
         first_epoch_growth: Optional[float] = None,
     ) -> None:
         super().__init__()
-        if rule not in RULES:
-            raise ValueError(f"LipschitzLR: unknown rule {rule!r}; expected one of {sorted(RULES)}")
+        try:
+            rule = canonical_rule(rule)  # an earlier name (``adam``) resolves to the registry's
+        except ValueError as exc:
+            raise ValueError(f"LipschitzLR: {exc}") from None
         entry = RULES[rule]
         get_loss(loss, "LipschitzLR")
         if loss not in entry.losses:
@@ -187,6 +190,7 @@ class LipschitzLR(pl.Callback):
         self._epoch_finished = False
         self._restored = False
         self._restored_mid_epoch = False
+        self._started_epoch: Optional[int] = None  # the epoch whose start has run
 
     # ------------------------------------------------------------------ the settings, read back
 
@@ -208,7 +212,22 @@ class LipschitzLR(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(rule=self.rule, loss=self.loss, head=self.head_name)
+        # Filed under the rule's state name (``adam`` for ``auto_adam``), so older checkpoints load.
+        return self._generate_state_key(rule=get_rule(self.rule).state_name, loss=self.loss, head=self.head_name)
+
+    @staticmethod
+    def rules_of(checkpoint: Dict[str, Any]) -> Set[str]:
+        """The rules (registry names) of the ``LipschitzLR`` states a checkpoint holds; empty:
+        trained without one. The one reader of this callback's keys outside it (the app's resume
+        check asks it)."""
+        rules = set()
+        for key, state in (checkpoint.get("callbacks") or {}).items():
+            if str(key).startswith("LipschitzLR") and isinstance(state, dict):
+                try:
+                    rules.add(canonical_rule(str(state.get("rule"))))
+                except ValueError:
+                    rules.add(str(state.get("rule")))
+        return rules
 
     # ------------------------------------------------------------------ setup
 
@@ -234,10 +253,14 @@ class LipschitzLR(pl.Callback):
         if self._restored:  # a checkpoint's rate; no probe
             self.gatherer.record.to(pl_module.device)
             self.scheduler.write(trainer, self.lr)
+            if self._restored_mid_epoch:
+                # Lightning does not call on_train_epoch_start for an epoch resumed mid-way: its
+                # start is here, with the guard's snapshot that the checkpoint held.
+                self._start_epoch(trainer, pl_module, resumed=True)
             return
         if self.first_epoch.lr == "auto":
             # The rule's first update on the probe's statistics, bias-corrected (t = 1): 1/L for
-            # sgd and adamo, (sqrt(G2) + eps)/K_z for rmsprop, (sqrt(G2) + eps)/L for adam.
+            # sgd and adamo, (sqrt(G2) + eps)/K_z for rmsprop, (sqrt(G2) + eps)/L for auto_adam.
             stats = self.gatherer.probe(trainer, pl_module, initial=True, max_batches=self.first_epoch.probe_batches)
             bound = self.scheduler.bound(stats)
             lr = self.first_epoch.probe_rate(self.scheduler.plain_update(bound), bound, stats, self.loss)
@@ -255,7 +278,12 @@ class LipschitzLR(pl.Callback):
     # ------------------------------------------------------------------ per-step hooks (no host sync)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        resumed = self._restored_mid_epoch
+        if self._started_epoch != trainer.current_epoch:  # not the epoch resumed in on_train_start
+            self._start_epoch(trainer, pl_module, resumed=False)
+
+    def _start_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, resumed: bool) -> None:
+        """An epoch begins, or (``resumed``) continues from a mid-epoch checkpoint with the
+        statistics of its finished steps and its start's snapshot."""
         if resumed:
             self.gatherer.discard_in_flight()
         else:
@@ -265,6 +293,7 @@ class LipschitzLR(pl.Callback):
         self._epoch_finished = False
         self.rollback.start_epoch(trainer, pl_module, self.state, resumed_mid_epoch=resumed)
         self._restored_mid_epoch = False
+        self._started_epoch = trainer.current_epoch
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
