@@ -28,21 +28,8 @@ The guard (:mod:`~lipschitz_lightning.callbacks.rollback`) is on by default for 
 paper's four included; ``guard=False`` (``optim.callback.guard=false`` in the app) is the raw rule.
 It changes no rate until an epoch fails, and each rollback is one WARNING log line.
 
-Logged once per epoch (through ``pl_module.log``, so they reach the logger and
-``trainer.callback_metrics``):
-
-* ``lipschitz/lr`` -- the rate used during the epoch that just ended (with first-epoch checks, the
-  last rate in force in the first epoch),
-* ``lipschitz/next_lr`` -- the rate computed for the coming epoch,
-* ``lipschitz/L``, ``lipschitz/K_z``, ``lipschitz/W`` -- this epoch's bound and statistics,
-* ``lipschitz/K1``, ``lipschitz/K2`` -- the EWMA states (AdaMo, RMSprop, Auto-Adam),
-* ``lipschitz/grad_max_over_L`` -- the largest last-layer gradient entry seen this epoch (weight
-  decay included) over this epoch's bound; the theory holds while it stays <= 1,
-* ``lipschitz/capped`` and ``lipschitz/bound_invalid`` -- 1 when a safety cap bound, or when the
-  bound was non-positive/NaN/inf and the previous rate was kept,
-* ``lipschitz/rollbacks`` -- (guard on) the number of epochs rolled back so far,
-* ``lipschitz/ceiling_bound`` -- (guard on) 1 when the coming epoch's rate is held at the guard's
-  ceiling (after a rollback, or because the rule's rate is above the ceiling).
+Logged once per epoch (``lipschitz/lr``, ``next_lr``, ``L``, ``K_z``, ``W``, the EWMAs, the
+guard's ``rollbacks``, ...): listed in :mod:`~lipschitz_lightning.callbacks.scheduler`, which logs them.
 
 Example::
 
@@ -53,7 +40,6 @@ Example::
     trainer = pl.Trainer(max_epochs=10, callbacks=[LipschitzLR(rule="sgd", loss="softmax_ce")])
     trainer.fit(model, datamodule=dm)
 """
-
 
 from __future__ import annotations
 
@@ -72,7 +58,6 @@ from lipschitz_lightning.callbacks.scheduler import RateScheduler
 from lipschitz_lightning.math.guard import retry_rate
 from lipschitz_lightning.math.losses import get_loss
 from lipschitz_lightning.math.rules import RULES, RuleState, canonical_rule, get_rule, initial_state
-from lipschitz_lightning.math.statistics import HeadStats
 
 __all__ = ["LipschitzLR", "LipschitzLRError", "check_optimizer", "find_head"]
 

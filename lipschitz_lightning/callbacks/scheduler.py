@@ -6,6 +6,22 @@ epochs done). The math is :func:`~lipschitz_lightning.math.rules.epoch_bound` an
 :func:`~lipschitz_lightning.math.rules.next_rate`; this part calls it and writes the result.
 Every write of the rate goes through :meth:`RateScheduler.write` (times each group's ``lr_scale``);
 a per-step rule extends :meth:`RateScheduler.on_batch_start`, where the time decay already runs.
+
+Logged once per epoch (through ``pl_module.log``, so they reach the logger and
+``trainer.callback_metrics``):
+
+* ``lipschitz/lr`` -- the rate used during the epoch that just ended (with first-epoch checks, the
+  last rate in force in the first epoch),
+* ``lipschitz/next_lr`` -- the rate computed for the coming epoch,
+* ``lipschitz/L``, ``lipschitz/K_z``, ``lipschitz/W`` -- this epoch's bound and statistics,
+* ``lipschitz/K1``, ``lipschitz/K2`` -- the EWMA states (AdaMo, RMSprop, Auto-Adam),
+* ``lipschitz/grad_max_over_L`` -- the largest last-layer gradient entry seen this epoch (weight
+  decay included) over this epoch's bound; the theory holds while it stays <= 1,
+* ``lipschitz/capped`` and ``lipschitz/bound_invalid`` -- 1 when a safety cap bound, or when the
+  bound was non-positive/NaN/inf and the previous rate was kept,
+* ``lipschitz/rollbacks`` -- (guard on) the number of epochs rolled back so far,
+* ``lipschitz/ceiling_bound`` -- (guard on) 1 when the coming epoch's rate is held at the guard's
+  ceiling (after a rollback, or because the rule's rate is above the ceiling).
 """
 
 from __future__ import annotations
@@ -16,7 +32,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from lipschitz_lightning.callbacks.policy import check_optimizer, optimizer_fit

@@ -31,13 +31,24 @@ growth cap, first-epoch checks) is ``LipschitzLR``'s arguments, set in ``conf/op
 from __future__ import annotations
 
 import enum
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, FrozenSet, Optional, Tuple, Union
 
 from lipschitz_lightning.math import bounds
 from lipschitz_lightning.math.losses import LOSSES, last_layer_smoothness, loss_coefficient
 from lipschitz_lightning.math.statistics import HeadStats
+from lipschitz_lightning.math.updates import (  # re-exported: the rules' updates and their values
+    EpochStats,
+    RuleHyper,
+    RuleState,
+    adamo,
+    adaptive_rmsprop,
+    adaptive_sgd,
+    auto_adam,
+    bias_corrected,
+    ewma,
+    momentum_step,
+)
 
 __all__ = [
     "RULES",
@@ -68,116 +79,6 @@ __all__ = [
     "apply_caps",
     "time_decay",
 ]
-
-
-@dataclass(frozen=True)
-class RuleState:
-    """EWMA state carried from epoch to epoch.
-
-    Attributes:
-        K1: EWMA of the Lipschitz constant L (AdaMo's ``K``, Auto-Adam's ``K1``).
-        K2: EWMA of the second-moment estimate G2 (RMSprop, Auto-Adam).
-        t: number of updates so far (used by bias correction).
-    """
-
-    K1: float = 0.0
-    K2: float = 0.0
-    t: int = 0
-
-
-@dataclass(frozen=True)
-class EpochStats:
-    """What one epoch's statistics give the rules.
-
-    Attributes:
-        L: the Lipschitz bound (data term plus regularisation).
-        G2: the second-moment estimate (:func:`~lipschitz_lightning.math.bounds.second_moment_estimate`).
-        k_z: the largest Frobenius norm of a batch of head inputs.
-    """
-
-    L: float
-    G2: float
-    k_z: float
-
-
-@dataclass(frozen=True)
-class RuleHyper:
-    """Hyperparameters of a rule: ``betas`` is ``(beta1, beta2)``; one-beta rules use ``beta1``
-    (AdaMo) or ``beta2`` (RMSprop). ``momentum`` and ``dampening`` are the SGD optimizer's (the
-    ``smooth`` rule scales its step by them)."""
-
-    betas: Tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-7
-    bias_correction: bool = False
-    momentum: float = 0.0
-    dampening: float = 0.0
-
-
-def ewma(previous: float, new: float, beta: float) -> float:
-    """``beta * previous + (1 - beta) * new``."""
-    return beta * previous + (1.0 - beta) * new
-
-
-def bias_corrected(value: float, beta: float, t: int) -> float:
-    """``value / (1 - beta^t)`` (paper 6.4); ``t >= 1``."""
-    if t < 1:
-        raise ValueError(f"bias correction needs t >= 1; got t={t}")
-    return value / (1.0 - beta**t)
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    """``numerator / denominator``, with ``inf`` for a zero denominator (caught as unusable)."""
-    return numerator / denominator if denominator else math.inf
-
-
-def _maybe_corrected(value: float, beta: float, t: int, hyper: RuleHyper) -> float:
-    return bias_corrected(value, beta, t) if hyper.bias_correction else value
-
-
-def adaptive_sgd(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tuple[float, RuleState]:
-    """Adaptive SGD: ``lr = 1 / L``; no state beyond the epoch count."""
-    return _ratio(1.0, stats.L), replace(state, t=state.t + 1)
-
-
-def adamo(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tuple[float, RuleState]:
-    """AdaMo (paper Algorithm 1): ``K <- b K + (1-b) L``, ``lr = 1 / K`` with ``b = betas[0]``."""
-    beta = hyper.betas[0]
-    t = state.t + 1
-    k1 = ewma(state.K1, stats.L, beta)
-    return _ratio(1.0, _maybe_corrected(k1, beta, t, hyper)), replace(state, K1=k1, t=t)
-
-
-def adaptive_rmsprop(
-    state: RuleState, stats: EpochStats, hyper: RuleHyper
-) -> Tuple[float, RuleState]:
-    """Adaptive RMSprop (reference code): ``K2 <- b K2 + (1-b) G2``, ``lr = (sqrt(K2)+eps)/K_z``
-    with ``b = betas[1]``."""
-    beta = hyper.betas[1]
-    t = state.t + 1
-    k2 = ewma(state.K2, stats.G2, beta)
-    lr = _ratio(math.sqrt(max(_maybe_corrected(k2, beta, t, hyper), 0.0)) + hyper.eps, stats.k_z)
-    return lr, replace(state, K2=k2, t=t)
-
-
-def auto_adam(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tuple[float, RuleState]:
-    """Auto-Adam (paper Algorithm 3): EWMAs of L and G2, ``lr = (sqrt(K2)+eps)/K1``."""
-    b1, b2 = hyper.betas
-    t = state.t + 1
-    k1 = ewma(state.K1, stats.L, b1)
-    k2 = ewma(state.K2, stats.G2, b2)
-    k1_hat = _maybe_corrected(k1, b1, t, hyper)
-    k2_hat = _maybe_corrected(k2, b2, t, hyper)
-    lr = _ratio(math.sqrt(max(k2_hat, 0.0)) + hyper.eps, k1_hat)
-    return lr, RuleState(K1=k1, K2=k2, t=t)
-
-
-def momentum_step(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tuple[float, RuleState]:
-    """``lr = (1 + mu) / ((1 - d) L)``: half the edge of stability of heavy-ball momentum on an
-    ``L``-smooth quadratic, ``lr (1 - d) h < 2 (1 + mu)`` for SGD with momentum ``mu`` and dampening
-    ``d``; plain SGD gets the classical safe step ``1/L``. The classic (``d = 0``) and EWMA
-    (``d = mu``) velocities get the same trajectory."""
-    scale = (1.0 + hyper.momentum) / (1.0 - hyper.dampening) if hyper.dampening < 1.0 else 1.0
-    return scale * _ratio(1.0, stats.L), replace(state, t=state.t + 1)
 
 
 Update = Callable[[RuleState, EpochStats, RuleHyper], Tuple[float, RuleState]]
