@@ -211,7 +211,7 @@ def test_tiny_suite_runs_resumes_and_reports(tmp_path: Path, capsys):
             'extra=["++callbacks.lr_find_cosine.num_training_steps=30","~callbacks.model_checkpoint"]']
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "3 to run" in out and out.count(" ok in ") == 3, out
+    assert "3 to run" in out and out.count(" ok in ") == 3 and out.count(" starts ... ") == 3, out
     runs = read_rows(results / "digits_runs.csv")
     assert [r["method"] for r in runs] == ["sgd", "sgd_fixed", "momentum_lrfind_cosine"]
     assert all(r["status"] == "ok" and r["epochs"] == 2 and 0 < r["test_acc"] <= 1 for r in runs)
@@ -237,6 +237,69 @@ def test_tiny_suite_runs_resumes_and_reports(tmp_path: Path, capsys):
     assert f"`momentum_lrfind_cosine`: the learning-rate finder suggested {by[('momentum_lrfind_cosine', 0)]['bench/lr_find']:.3g} (seed 0)" in text
     assert (tmp_path / "docs" / "img" / "digits_test_acc.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "img" / "digits_lr.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_a_suite_stopped_by_sigterm_resumes_its_run_from_the_run_checkpoint(tmp_path: Path, capsys):
+    """SIGTERM to the runner after the run's first end-of-epoch checkpoint: the run writes its
+    checkpoint and is not recorded; the same command then resumes it (the app's exact resume)
+    instead of starting it over: each epoch once in the results, the global step going on."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lipschitz_lightning.app.checkpoints import inspect
+
+    results, runs_dir = tmp_path / "results", tmp_path / "runs"
+    epochs = 6
+    args = ["suite=digits", f"epochs={epochs}", "seeds=[0]", "only=[sgd_fixed]", f"results_dir={results}",
+            f"runs_dir={runs_dir}", 'extra=["~callbacks.model_checkpoint"]']
+    run_dir = runs_dir / "digits" / "sgd_fixed" / "seed0"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    runner = subprocess.Popen([sys.executable, "-m", "lipschitz_lightning.bench", *args], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "checkpoints" / "last.ckpt").exists():  # the first epoch's end
+            assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
+            time.sleep(0.02)
+        runner.send_signal(signal.SIGTERM)
+        out, err = runner.communicate(timeout=120)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 128 + signal.SIGTERM, out + err
+    assert "stopped by SIGTERM" in out and "not recorded" in out, out
+    assert not read_rows(results / "digits_runs.csv")  # not recorded as failed (or at all)
+
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    found = re.search(r"sgd_fixed seed 0 resumes from (\S+\.ckpt) \((?:in|after) epoch (\d+), step (\d+)\)", out)
+    assert found, out
+    resumed_at = int(found.group(3))
+    assert resumed_at >= 40  # digits: 40 steps per epoch, the first epoch's checkpoint at least
+    runs = read_rows(results / "digits_runs.csv")
+    assert [(r["method"], r["status"], r["epochs"]) for r in runs] == [("sgd_fixed", "ok", epochs)]
+    rows = read_rows(results / "digits_epochs.csv")
+    assert [r["epoch"] for r in rows] == list(range(epochs))  # each epoch once
+    assert all(r["val/acc"] > 0 for r in rows)
+    elapsed = [r["bench/elapsed_seconds"] for r in rows]
+    assert elapsed == sorted(elapsed)  # the resumed part counts the earlier one's time
+    # The resumed call trained on from the checkpoint's step, not from 0, to the run's last step.
+    with open(run_dir / "csv" / "metrics.csv", newline="") as handle:
+        steps = [int(r["step"]) for r in csv.DictReader(handle) if r.get("step")]
+    assert min(steps) >= resumed_at - 1, (resumed_at, steps[:5])
+    assert inspect(run_dir / "checkpoints" / "last.ckpt").global_step == 40 * epochs
+    assert list((run_dir / "bench_parts").glob("metrics_*.csv"))  # the first call's log is kept
+    # ... and it is the uninterrupted run, epoch by epoch.
+    reference = tmp_path / "reference"
+    assert main([*args[:4], f"results_dir={reference}", f"runs_dir={reference / 'runs'}", args[-1]]) == 0
+    expected = read_rows(reference / "digits_epochs.csv")
+    for key in ("train/loss", "val/loss", "val/acc"):
+        assert [r[key] for r in rows] == [r[key] for r in expected], key
 
 
 def test_report_classical_section_from_tables(tmp_path: Path):

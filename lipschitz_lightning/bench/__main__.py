@@ -1,7 +1,9 @@
 """``python -m lipschitz_lightning.bench suite=<name> [key=value ...]``: run a benchmark suite.
 
 The overrides are Hydra's (``conf/benchmark.yaml`` is the root, ``suite`` and ``methods`` its
-groups). A bad suite, method or override is one ``error: ...`` line and exit status 2.
+groups). A bad suite, method or override is one ``error: ...`` line and exit status 2. SIGTERM or
+Ctrl-C stops the running training run with its checkpoint written (it is resumed by the same
+command) and exits with 143 or 130.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from lipschitz_lightning.bench.results import ResultsFormatError
-from lipschitz_lightning.bench.runner import BenchConfigError, run_suite
+from lipschitz_lightning.bench.runner import BenchConfigError, SuiteInterrupted, run_suite
 from lipschitz_lightning.configs import config_dir
 
 
@@ -41,6 +43,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (BenchConfigError, ResultsFormatError, HydraException, OmegaConfBaseException) as exc:
         sys.stderr.write(f"error: {str(exc).splitlines()[0]}\n")
         return 2
+    except SuiteInterrupted as exc:
+        sys.stderr.write(f"{exc}\n")
+        return exc.status
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: finished runs are saved; run the same command to resume\n")
         return 130
