@@ -246,3 +246,34 @@ def test_caps():
 def test_time_decay():
     assert time_decay(1.0, 0.0, 100) == 1.0
     assert time_decay(0.5, 1e-2, 100) == pytest.approx(0.25)
+
+
+# --------------------------------------------------------------------------- the preconditioned edge rate
+
+def test_preconditioned_terms_by_hand():
+    from lipschitz_lightning.math.bounds import preconditioned_terms
+
+    g = torch.tensor([3.0, -4.0])
+    # First step (no v yet): v = (1-b2) g^2, bias-corrected v_hat = g^2, D g = g / (|g| + eps).
+    q, p = preconditioned_terms(g, None, beta2=0.999, steps_done=0, eps=0.0).tolist()
+    assert q == pytest.approx(7.0, rel=1e-5)  # ||g||_1
+    assert p == pytest.approx(2.0, rel=1e-5)  # the number of weights
+    # Later: v_prev = [1, 4], beta2 = 0.5, after 1 step: v = 0.5 v_prev + 0.5 g^2 = [5, 10],
+    # bias 1 - 0.5^2 = 0.75, D = 1 / sqrt(v / 0.75).
+    q, p = preconditioned_terms(g, torch.tensor([1.0, 4.0]), beta2=0.5, steps_done=1, eps=0.0).tolist()
+    d = [1 / math.sqrt(5 / 0.75), 1 / math.sqrt(10 / 0.75)]
+    assert q == pytest.approx(9 * d[0] + 16 * d[1], rel=1e-5)
+    assert p == pytest.approx(9 * d[0] ** 2 + 16 * d[1] ** 2, rel=1e-5)
+
+
+def test_precond_rule_is_half_of_adams_edge_of_stability():
+    stats = HeadStats(k_z=1.0, m=4.0, curvature=2.0, precond_ratio=0.5)
+    bound = epoch_bound("precond", stats, "softmax_ce", 10, 0.0)
+    assert bound.L == pytest.approx(4.0)  # S = beta / (g^T D g / ||D g||^2)
+    lr, state = next_rate("precond", RuleState(), bound, RuleHyper(momentum=0.9, dampening=0.9))
+    assert lr == pytest.approx(19.0 / 4.0)  # (1 + 0.9) / ((1 - 0.9) S): half of 38 / S
+    assert state.t == 1
+    plain, _ = next_rate("precond", RuleState(), bound, RuleHyper())
+    assert plain == pytest.approx(0.25)  # the plain step 1 / S (the first-epoch checks' base)
+    # No gradient seen yet: an unusable bound (the callback keeps its rate).
+    assert epoch_bound("precond", HeadStats(k_z=1.0, m=4.0, curvature=2.0), "softmax_ce", 10, 0.0).L == math.inf

@@ -36,6 +36,8 @@ EXPECTED = {
     "smooth_momentum": (True, 4.0, True, None),
     "curvature": (True, 4.0, True, 2.0),
     "curvature_momentum": (True, 4.0, True, 2.0),
+    "precond": (True, 4.0, True, 2.0),
+    "precond_sf": (True, 4.0, True, 2.0),
 }
 
 

@@ -57,10 +57,13 @@ class FirstEpochRate:
         checks: re-check the rate at the first epoch's steps 1, 2, 4, 8, ...
         growth: with the checks, the factor by which a check may raise the rate (1: off; None: off).
         probe_batches: training batches per rank of the ``"auto"`` probe.
+        follow: each check sets the base rate to the rule's plain step on the steps so far, raising
+            it as well as lowering it (a rule whose bound needs gradients: no probe can give its
+            first rate, and ``lr`` is the first step's only).
     """
 
     def __init__(self, lr: Union[float, str], checks: bool = False, growth: Optional[float] = None,
-                 probe_batches: int = 4) -> None:
+                 probe_batches: int = 4, follow: bool = False) -> None:
         if lr != "auto" and not is_positive_number(lr):
             raise ValueError(f"LipschitzLR: first_epoch_lr must be a positive number, 'auto' or None; got {lr!r}")
         if growth is not None and not (is_positive_number(growth) and growth >= 1):
@@ -71,6 +74,7 @@ class FirstEpochRate:
         self.checks = bool(checks)
         self.growth = None if growth is None else float(growth)
         self.probe_batches = probe_batches
+        self.follow = bool(follow)
         self.state = FirstEpochState()
 
     def begin(self, lr: float) -> None:
@@ -110,7 +114,7 @@ class FirstEpochRate:
         base, gain = self.state.first_epoch
         if self.growth is not None and steady(stats):
             gain = min(gain * self.growth, max(1.0, full / plain))
-        base = min(base, plain)
+        base = plain if self.follow else min(base, plain)
         self.state.first_epoch = [base, gain]
         return base * gain if ceiling is None else min(base * gain, ceiling)
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from lipschitz_lightning.callbacks.errors import LipschitzLRError
 from lipschitz_lightning.callbacks.probe import run_probe
-from lipschitz_lightning.math.bounds import spectral_norm_upper_bound
+from lipschitz_lightning.math.bounds import preconditioned_terms, spectral_norm_upper_bound
 from lipschitz_lightning.math.losses import curvature_weights, get_loss
 from lipschitz_lightning.math.rules import Statistic
 from lipschitz_lightning.math.statistics import A2, LOSS, NLOSS, OUT2, ROWS, Y2, HeadStats, StepLayout, summarize_steps
@@ -161,7 +161,7 @@ class HeadGatherer:
         self._needs_s = Statistic.SQUARES in needs
         self._layout = StepLayout(
             width=self.head.in_features, colabs=Statistic.COLUMN_L1 in needs, spec=Statistic.SPECTRAL in needs,
-            curv=Statistic.CURVATURE in needs,
+            curv=Statistic.CURVATURE in needs, precond=Statistic.PRECONDITIONED in needs,
         )
         self.remove()
         self._handles.append(self.head.register_forward_pre_hook(self._record_input))
@@ -236,12 +236,21 @@ class HeadGatherer:
             raise LipschitzLRError("LipschitzLR(loss='mse') needs batches of the form (inputs, targets, ...)")
         self._acc[Y2].add_(batch[1].detach().float().square().sum())
 
-    def observe_gradient(self, weight_decay: float) -> None:
-        """Before the optimizer step: the head's largest gradient entry (weight decay included)
-        and, for the gradient bound, its largest ``|W|`` (device tensors, no sync)."""
+    @property
+    def needs_preconditioner(self) -> bool:
+        return self._layout.precond
+
+    def observe_gradient(self, weight_decay: float, second_moment: Optional[tuple] = None) -> None:
+        """Before the optimizer step: the head's largest gradient entry (weight decay included),
+        for the gradient bound its largest ``|W|``, and with ``second_moment`` (the optimizer's
+        ``(exp_avg_sq, beta2, steps done, eps)`` of the head) the step's ``g^T D g`` and
+        ``||D g||^2`` (device tensors, no sync)."""
         weight = self.head.weight
         if weight.grad is None:
             return
+        if self._layout.precond and second_moment is not None:
+            i = self._layout.precond_index
+            self._acc[i : i + 2].add_(preconditioned_terms(weight.grad, *second_moment))
         grad = weight.grad.detach()
         if weight_decay:
             grad = torch.add(grad, weight.detach(), alpha=weight_decay)

@@ -52,7 +52,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from lipschitz_lightning.callbacks.errors import LipschitzLRError
 from lipschitz_lightning.callbacks.first_epoch import FirstEpochRate
 from lipschitz_lightning.callbacks.gathering import EpochRecord, HeadGatherer, find_head
-from lipschitz_lightning.callbacks.policy import check_optimizer, policy_of
+from lipschitz_lightning.callbacks.policy import check_optimizer, optimizer_fit, policy_of
 from lipschitz_lightning.callbacks.rollback import RollbackGuard
 from lipschitz_lightning.callbacks.scheduler import RateScheduler
 from lipschitz_lightning.math.guard import retry_rate
@@ -165,7 +165,7 @@ class LipschitzLR(pl.Callback):
             entry.first_epoch_lr if first_epoch_lr is None else first_epoch_lr,
             policy.first_epoch_checks if first_epoch_checks is None else first_epoch_checks,
             policy.first_epoch_growth if first_epoch_growth is None else first_epoch_growth,
-            init_probe_batches,
+            init_probe_batches, follow=entry.first_epoch_from_steps,
         )
         self.scheduler = RateScheduler(rule, loss, k, weight_decay, betas, eps, bias_correction, decay, max_lr,
                                        policy.max_growth if max_growth is None else max_growth)
@@ -289,7 +289,10 @@ class LipschitzLR(pl.Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        self.gatherer.observe_gradient(self.scheduler.weight_decay_in_use)
+        moment = None
+        if self.gatherer.needs_preconditioner and self.gatherer.head.weight.grad is not None:
+            moment = optimizer_fit(self.rule).second_moment(optimizer, self.gatherer.head.weight)
+        self.gatherer.observe_gradient(self.scheduler.weight_decay_in_use, moment)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

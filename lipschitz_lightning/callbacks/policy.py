@@ -49,6 +49,7 @@ POLICIES: Dict[str, RulePolicy] = {
     "gradbound": RulePolicy(first_epoch_checks=True),
     "smooth": RulePolicy(max_growth=4.0, first_epoch_checks=True),
     "curvature": RulePolicy(max_growth=4.0, first_epoch_checks=True, first_epoch_growth=2.0),
+    "precond": RulePolicy(max_growth=4.0, first_epoch_checks=True, first_epoch_growth=2.0),
 }
 
 
@@ -74,12 +75,18 @@ class OptimizerFit:
         fits: ``optimizer -> bool``.
         betas: ``param_group -> (beta1, beta2)``.
         advice: ``param_group -> message or None``: a fitting but doubtful setting (warned).
+        momentum: ``param_group -> (momentum, dampening)`` the rule's update scales its step by.
+        second_moment: ``(optimizer, parameter) -> (exp_avg_sq or None, beta2, steps done, eps)``:
+            the preconditioner of the optimizer's coming step (Adam family only).
     """
 
     needs: str
     fits: Callable[[torch.optim.Optimizer], bool]
     betas: Callable[[dict], Tuple[float, float]] = lambda group: (0.9, 0.999)
     advice: Callable[[dict], Optional[str]] = lambda group: None
+    momentum: Callable[[dict], Tuple[float, float]] = lambda group: (
+        float(group.get("momentum", 0.0) or 0.0), float(group.get("dampening", 0.0) or 0.0))
+    second_moment: Optional[Callable[[torch.optim.Optimizer, torch.Tensor], tuple]] = None
 
 
 def _ewma_velocity_advice(group: dict) -> Optional[str]:
@@ -90,6 +97,27 @@ def _ewma_velocity_advice(group: dict) -> Optional[str]:
             f"v <- b v + (1-b) g the paper assumes; use dampening={momentum}"
         )
     return None
+
+
+def _is_adam_family(optimizer: torch.optim.Optimizer) -> bool:
+    """torch's Adam or AdamW, or Schedule-Free AdamW (package schedulefree; by class, so that the
+    check needs no import of the package)."""
+    return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) or type(optimizer).__name__ == "AdamWScheduleFree"
+
+
+def _adam_second_moment(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> tuple:
+    """The head's ``exp_avg_sq`` before the step, ``beta2``, the steps done and ``eps`` (the
+    arguments of ``math.bounds.preconditioned_terms`` after the gradient): torch's
+    Adam keeps the count per parameter (a host tensor unless capturable), Schedule-Free AdamW as the
+    group's ``k``."""
+    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+    state = optimizer.state.get(param, {})
+    if "k" in group:
+        steps = int(group["k"])
+    else:
+        step = state.get("step", 0)
+        steps = int(step.item()) if torch.is_tensor(step) else int(step)
+    return state.get("exp_avg_sq"), float(group["betas"][1]), steps, float(group["eps"])
 
 
 #: The optimizer kinds of the rules -> the torch optimizers that fit them.
@@ -114,6 +142,14 @@ OPTIMIZER_FITS: Dict[OptimizerKind, OptimizerFit] = {
         "torch.optim.Adam or torch.optim.AdamW",
         lambda o: isinstance(o, (torch.optim.Adam, torch.optim.AdamW)),
         betas=lambda g: (float(g["betas"][0]), float(g["betas"][1])),
+    ),
+    # Adam's first moment is an EWMA of the gradients: the update's momentum and dampening are beta1.
+    OptimizerKind.ADAM_FAMILY: OptimizerFit(
+        "torch.optim.Adam, torch.optim.AdamW or schedulefree.AdamWScheduleFree",
+        _is_adam_family,
+        betas=lambda g: (float(g["betas"][0]), float(g["betas"][1])),
+        momentum=lambda g: (float(g["betas"][0]), float(g["betas"][0])),
+        second_moment=_adam_second_moment,
     ),
 }
 

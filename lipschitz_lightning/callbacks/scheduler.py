@@ -165,10 +165,9 @@ class RateScheduler:
             self.weight_decay_in_use = max(float(g.get("weight_decay", 0.0) or 0.0) for g in optimizer.param_groups)
         else:
             self.weight_decay_in_use = float(self.weight_decay)
-        self.hyper = RuleHyper(
-            betas=self._resolve_betas(group), eps=self.eps, bias_correction=self.bias_correction,
-            momentum=float(group.get("momentum", 0.0) or 0.0), dampening=float(group.get("dampening", 0.0) or 0.0),
-        )
+        momentum, dampening = optimizer_fit(self.rule).momentum(group)
+        self.hyper = RuleHyper(betas=self._resolve_betas(group), eps=self.eps, bias_correction=self.bias_correction,
+                               momentum=momentum, dampening=dampening)
         if trainer.lr_scheduler_configs:
             rank_zero_warn("LipschitzLR sets the learning rate itself; the configured LR scheduler will fight it")
 

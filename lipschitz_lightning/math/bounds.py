@@ -16,13 +16,14 @@ Symbols (spec section 1):
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
 Number = Union[float, torch.Tensor]
 
 __all__ = [
+    "preconditioned_terms",
     "softmax_ce_coefficient",
     "bce_coefficient",
     "least_squares_coefficient",
@@ -238,3 +239,22 @@ def logistic_regression_constant(x: torch.Tensor) -> torch.Tensor:
 def softmax_regression_constant(x: torch.Tensor, k: int) -> torch.Tensor:
     """``L = (k-1)/(k m) ||X||`` with the spectral norm (paper 5.2)."""
     return softmax_ce_coefficient(k, x.shape[0]) * _spectral(x)
+
+
+def preconditioned_terms(grad: torch.Tensor, exp_avg_sq: Optional[torch.Tensor], beta2: float, steps_done: int,
+                         eps: float) -> torch.Tensor:
+    """``[g^T D g, ||D g||^2]`` of a gradient ``g`` under Adam's preconditioner of the coming step,
+    ``D = diag(1 / (sqrt(v / (1 - beta2^(t+1))) + eps))`` with ``v = beta2 v_prev + (1 - beta2) g^2``
+    (``exp_avg_sq`` is ``v_prev``: None or empty before the first step). A device tensor of 2.
+
+    With smoothness ``beta`` along the step, ``-eta D g`` decreases the loss while
+    ``eta < 2 g^T D g / (beta ||D g||^2)`` (docs/rules.md section 9). At the first step
+    ``D g = g / (|g| + eps)``: ``g^T D g ~ ||g||_1`` and ``||D g||^2 ~`` the number of weights.
+    """
+    g = grad.detach().float()
+    v = (1.0 - beta2) * g.square()
+    if exp_avg_sq is not None and exp_avg_sq.numel() == g.numel():
+        v = v + beta2 * exp_avg_sq.detach().float()
+    d = 1.0 / ((v / (1.0 - beta2 ** (steps_done + 1))).sqrt() + eps)
+    dg = d * g
+    return torch.stack([(g * dg).sum(), dg.square().sum()])

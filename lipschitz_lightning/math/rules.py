@@ -31,6 +31,7 @@ growth cap, first-epoch checks) is ``LipschitzLR``'s arguments, set in ``conf/op
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Callable, FrozenSet, Optional, Tuple, Union
 
@@ -46,6 +47,7 @@ from lipschitz_lightning.math.updates import (  # re-exported: the rules' update
     adaptive_sgd,
     auto_adam,
     bias_corrected,
+    adam_edge_step,
     ewma,
     momentum_step,
 )
@@ -63,7 +65,9 @@ __all__ = [
     "gradient_bound",
     "smoothness_bound",
     "curvature_bound",
+    "preconditioned_bound",
     "momentum_step",
+    "adam_edge_step",
     "RuleState",
     "EpochStats",
     "RuleHyper",
@@ -111,6 +115,15 @@ def curvature_bound(stats: HeadStats, loss: str, k: int, weight_decay: float) ->
     return EpochStats(L=stats.curvature + weight_decay, G2=0.0, k_z=stats.k_z)
 
 
+def preconditioned_bound(stats: HeadStats, loss: str, k: int, weight_decay: float) -> EpochStats:
+    """``S = beta sum ||D g||^2 / sum g^T D g``: the head's curvature ``beta`` (:func:`curvature_bound`)
+    seen along Adam's preconditioned steps ``D g`` (docs/rules.md section 9). ``inf`` (an unusable
+    bound, the rate kept) before any gradient was seen."""
+    beta = stats.curvature + weight_decay
+    rho = stats.precond_ratio
+    return EpochStats(L=beta / rho if rho > 0 else math.inf, G2=0.0, k_z=stats.k_z)
+
+
 def smoothness_bound(stats: HeadStats, loss: str, k: int, weight_decay: float) -> EpochStats:
     """``beta = h ||A||_2^2 / m + lambda`` (:func:`~lipschitz_lightning.math.losses.last_layer_smoothness`)."""
     beta = last_layer_smoothness(stats.spectral, loss, weight_decay)
@@ -132,6 +145,9 @@ class Statistic(enum.Enum):
     SPECTRAL = "spec"
     #: an upper bound on ``lambda_max(A^T C A)`` per step (``curvature``; needs the logits).
     CURVATURE = "curv"
+    #: ``g^T D g`` and ``||D g||^2`` per step, ``D`` the Adam-family optimizer's preconditioner
+    #: (``precond``; read from the optimizer's state before its step).
+    PRECONDITIONED = "precond"
 
 
 class OptimizerKind(enum.Enum):
@@ -143,6 +159,7 @@ class OptimizerKind(enum.Enum):
     ANY_SGD = "SGD"
     RMSPROP = "RMSprop"
     ADAM = "Adam or AdamW"
+    ADAM_FAMILY = "Adam, AdamW or Schedule-Free AdamW"
 
 
 # --- the registry -----------------------------------------------------------------------------
@@ -184,6 +201,9 @@ class Rule:
         bounds_gradient: its ``L`` bounds the gradient's entries (so ``grad_max_over_L`` is logged).
         single_beta: which of ``(beta1, beta2)`` a single ``betas=`` float sets.
         paper: one of the paper's four rules (kept exactly as published).
+        first_epoch_from_steps: its bound needs gradients, so no probe gives a first rate: the first
+            step runs at ``first_epoch_lr`` and the first epoch's checks (steps 1, 2, 4, ...) set
+            the rate from the steps so far, raising it as well as lowering it.
         state_name: the name the callback's checkpointed state is filed under (its state key):
             the rule's name, except where the rule was renamed (``auto_adam`` was ``adam``), so
             checkpoints written before the rename still load. Default (empty): ``name``.
@@ -202,6 +222,7 @@ class Rule:
     bounds_gradient: bool = True
     single_beta: int = 0
     paper: bool = False
+    first_epoch_from_steps: bool = False
     state_name: str = ""
 
     def __post_init__(self) -> None:
@@ -235,6 +256,10 @@ RULES: dict[str, Rule] = {
         Rule("curvature", "lr = (1+mu)/((1-d) beta), beta = lambda_max(A^T C A)/m + lambda, the head's curvature "
              "at the visited weights", momentum_step, curvature_bound, _ANY_SGD,
              statistics=frozenset({Statistic.CURVATURE}), losses=_CLASSIFICATION, bounds_gradient=False),
+        Rule("precond", "lr = (1+b1)/((1-b1) S), S = beta ||Dg||^2 / g^T D g, the head's curvature along "
+             "Adam's preconditioned step", adam_edge_step, preconditioned_bound, OptimizerKind.ADAM_FAMILY,
+             first_epoch_lr=1e-3, statistics=frozenset({Statistic.CURVATURE, Statistic.PRECONDITIONED}),
+             losses=_CLASSIFICATION, bounds_gradient=False, first_epoch_from_steps=True),
     )
 }
 

@@ -12,6 +12,8 @@ a sum) makes the vector describe the global batch, whatever the device count:
 * ``LOSS``, ``NLOSS`` -- the sum of the micro-batch losses and their count (the guard's curve),
 * optionally ``COLABS`` -- ``sum_i |a_il|`` per input feature ``l`` (``d`` columns; the provable
   gradient bound),
+* optionally ``PRECOND`` -- ``g^T D g`` and ``||D g||^2`` of the step's head gradient ``g`` under the
+  Adam-family optimizer's own preconditioner ``D`` (2 columns; the ``precond`` rule),
 * optionally ``SPEC`` -- an upper bound on ``||A||_2^2 = lambda_max(A^T A)`` of the step (the
   smoothness bound; per rank, so under DDP the sum over ranks bounds the global batch's norm from
   above: ``||sum_r A_r^T A_r|| <= sum_r ||A_r^T A_r||``).
@@ -44,12 +46,14 @@ class StepLayout:
         spec: keep the step's ``||A||_2^2`` upper bound (1 column; needs ``A^T A`` per step).
         curv: keep the step's ``lambda_max(A^T C A)`` upper bound, ``C = diag(c_i)`` (1 column;
             needs ``A^T C A`` per step).
+        precond: keep the step's ``g^T D g`` and ``||D g||^2`` (2 columns).
     """
 
     width: int = 0
     colabs: bool = False
     spec: bool = False
     curv: bool = False
+    precond: bool = False
 
     @property
     def colabs_slice(self) -> slice:
@@ -65,8 +69,13 @@ class StepLayout:
         return self.spec_index + (1 if self.spec else 0)
 
     @property
-    def size(self) -> int:
+    def precond_index(self) -> int:
+        """The first of the two ``PRECOND`` columns (``g^T D g``; ``||D g||^2`` next)."""
         return self.curv_index + (1 if self.curv else 0)
+
+    @property
+    def size(self) -> int:
+        return self.precond_index + (2 if self.precond else 0)
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class HeadStats:
         column_l1: largest ``max_l ||A_:l||_1 / m_s`` of a step (0 if not gathered).
         spectral: largest ``||A||_2^2 / m_s`` of a step (0 if not gathered).
         grad_max: largest observed entry of the head's gradient (weight decay included), or NaN.
+        precond_ratio: ``sum_s g_s^T D_s g_s / sum_s ||D_s g_s||^2`` over the steps (0 if not gathered).
         step_losses: the mean training loss of each step, in order.
         step_norms: ``||A||_F`` of each step with examples, in order (the guard's collapse check).
     """
@@ -99,6 +109,7 @@ class HeadStats:
     spectral: float = 0.0
     curvature: float = 0.0
     grad_max: float = math.nan
+    precond_ratio: float = 0.0
     step_losses: Tuple[float, ...] = field(default=(), repr=False)
     step_norms: Tuple[float, ...] = field(default=(), repr=False)
 
@@ -124,6 +135,10 @@ def summarize_steps(
         spectral = float((values[real][:, layout.spec_index] / rows[real]).max())
     if layout.curv and bool(real.any()):
         curvature = float((values[real][:, layout.curv_index] / rows[real]).max())
+    precond_ratio = 0.0
+    if layout.precond:
+        gdg, dg2 = values[:, layout.precond_index].sum(), values[:, layout.precond_index + 1].sum()
+        precond_ratio = float(gdg / dg2) if float(dg2) > 0 else 0.0
     counted = values[:, NLOSS] > 0
     losses = tuple(float(x) for x in values[counted][:, LOSS] / values[counted][:, NLOSS])
     roots = maxima.sqrt()
@@ -139,6 +154,7 @@ def summarize_steps(
         spectral=spectral,
         curvature=curvature,
         grad_max=float(grad_max),
+        precond_ratio=precond_ratio,
         step_losses=losses,
         step_norms=tuple(float(x) for x in values[real][:, A2].clamp_min(0).sqrt()),
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Tuple
 
 __all__ = ["EpochStats", "RuleHyper", "RuleState", "adamo", "adaptive_rmsprop", "adaptive_sgd", "auto_adam",
-           "bias_corrected", "ewma", "momentum_step"]
+           "bias_corrected", "ewma", "momentum_step", "adam_edge_step"]
 
 
 @dataclass(frozen=True)
@@ -122,4 +122,15 @@ def momentum_step(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tupl
     ``d``; plain SGD gets the classical safe step ``1/L``. The classic (``d = 0``) and EWMA
     (``d = mu``) velocities get the same trajectory."""
     scale = (1.0 + hyper.momentum) / (1.0 - hyper.dampening) if hyper.dampening < 1.0 else 1.0
+    return scale * _ratio(1.0, stats.L), replace(state, t=state.t + 1)
+
+
+def adam_edge_step(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tuple[float, RuleState]:
+    """``lr = (1 + b1) / ((1 - b1) S)``, ``S = stats.L`` the preconditioned sharpness along Adam's
+    step: half the edge of stability of Adam with ``beta1 = b1`` (stable while
+    ``S < (2 + 2 b1) / ((1 - b1) lr)``, 38/lr for 0.9; Cohen et al. 2022), as ``momentum_step`` is
+    half the edge of heavy-ball momentum. ``b1`` is ``hyper.momentum`` (0: the plain ``1/S``, the
+    first-epoch checks' base step; the callback passes Adam's ``beta1``)."""
+    b1 = hyper.momentum
+    scale = (1.0 + b1) / (1.0 - b1) if b1 < 1.0 else 1.0
     return scale * _ratio(1.0, stats.L), replace(state, t=state.t + 1)
