@@ -42,7 +42,10 @@ def test_every_suite_composes_and_plans(suite: str, tmp_path: Path):
     runs = plan(cfg)
     methods = method_overrides(cfg)
     assert len(runs) == len(methods) * len(cfg.suite.seeds)
-    assert set(OmegaConf.load(ROOT / "conf" / "methods" / "all.yaml")) <= set(methods)
+    if cfg.suite.get("only"):  # a suite of a few methods runs those
+        assert list(methods) == list(cfg.suite.only)
+    else:
+        assert set(OmegaConf.load(ROOT / "conf" / "methods" / "all.yaml")) <= set(methods)
     method, seed, args = runs[0]
     assert f"seed={seed}" in args and f"epochs={cfg.suite.epochs}" in args and "logger=csv" in args
     assert any("BenchProbe" in a for a in args)
@@ -62,6 +65,42 @@ def test_every_method_list_composes_with_the_training_app(methods: str, tmp_path
     for name, overrides in method_overrides(cfg).items():
         train_cfg = compose_train(["dataset=digits", "model=mlp", *overrides])
         assert train_cfg.optim.optimizer._target_
+
+
+def test_cifar10_long_runs_its_five_methods_for_ten_epochs(tmp_path: Path):
+    """The budget suite: ResNet20 on CIFAR-10 as in `cifar10`, 10 epochs, our previous best rule, the
+    paper's best, the two Schedule-Free leaders and tuned SGD-momentum with a cosine decay; every
+    run composes with the training app. A command line's only= still picks among all methods."""
+    cfg = load_config(["suite=cifar10_long", f"results_dir={tmp_path}", "shared_data=/shared", "data_dir=/data"])
+    short = load_config(["suite=cifar10", f"results_dir={tmp_path}", "shared_data=/shared", "data_dir=/data"])
+    assert cfg.suite.epochs == 10 and list(cfg.suite.overrides) == list(short.suite.overrides)
+    runs = plan(cfg)
+    assert [m for m, _, _ in runs] == ["curvature_momentum", "rmsprop", "schedulefree_adamw", "prodigy_sf",
+                                       "momentum_tuned_cosine"]
+    for method, seed, args in runs:
+        train_cfg = compose_train([a for a in args if not a.startswith("+callbacks.bench_probe")])
+        assert train_cfg.trainer.max_epochs == 10 and train_cfg.model._target_ == compose_train(["model=resnet20"]).model._target_
+        if method == "rmsprop":
+            assert train_cfg.optim.callback.guard is False  # the paper's rule as published
+        if method == "momentum_tuned_cosine":
+            assert train_cfg.optim.optimizer.lr == 0.1 and train_cfg.optim.optimizer.momentum == 0.9
+            assert train_cfg.weight_decay == 1e-4 and "CosineDecay" in train_cfg.callbacks.cosine_decay._target_
+    picked = load_config(["suite=cifar10_long", f"results_dir={tmp_path}", "only=[sgd_fixed]"])
+    assert [m for m, _, _ in plan(picked)] == ["sgd_fixed"]
+
+
+def test_cosine_decay_decays_the_configured_rate_per_step(tmp_path: Path):
+    """2 epochs of 2 batches from the configured 0.1: the rate logged at the last epoch's end is
+    that of the last step, 0.1 * (1 + cos(3 pi / 4)) / 2."""
+    from lipschitz_lightning.train import train
+    from tests.conftest import tiny_cfg
+
+    cfg = tiny_cfg(tmp_path, "model=mlp", "optim=momentum_fixed", "optim.optimizer.lr=0.1",
+                   "+callbacks.cosine_decay._target_=lipschitz_lightning.bench.schedules.CosineDecay",
+                   "+callbacks.bench_probe._target_=lipschitz_lightning.bench.callbacks.BenchProbe",
+                   kind="tabular", epochs=2)
+    metrics = train(cfg)
+    assert metrics["bench/lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
 
 
 def test_bad_method_and_suite_are_one_line_errors(capsys, tmp_path: Path):

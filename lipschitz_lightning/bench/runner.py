@@ -84,13 +84,14 @@ class SuiteInterrupted(Exception):
 def method_overrides(cfg: DictConfig) -> Dict[str, List[str]]:
     """Method name -> training-app overrides: the ``methods`` group plus ``suite.extra_methods``.
 
-    A method whose value is null runs as ``optim=<name>``.
+    A method whose value is null runs as ``optim=<name>``. ``only`` (the command line's, else the
+    suite's own: a suite that runs a few methods, e.g. ``cifar10_long``) picks some, in its order.
     """
     methods: Dict[str, List[str]] = {}
     for source in (cfg.get("methods") or {}, cfg.suite.get("extra_methods") or {}):
         for name, overrides in source.items():
             methods[str(name)] = [f"optim={name}"] if overrides is None else [str(o) for o in overrides]
-    only = cfg.get("only")
+    only = cfg.get("only") or cfg.suite.get("only")
     if only:
         unknown = [m for m in only if m not in methods]
         if unknown:
