@@ -222,6 +222,42 @@ def test_report_puts_our_best_rule_against_the_best_learning_rate_free_optimizer
     assert "best accuracy 98.30%; the guard rolled back 1 epoch(s) in 1 of 1 recorded run(s) (seed(s) 0)." in text
 
 
+def test_report_shows_cifar10_long_and_who_leads_at_each_budget(tmp_path: Path):
+    """The 10-epoch suite gets its section (table, figures, its own method list as the plan) once it
+    has results, none before; with the 3-epoch suite beside it, the headline says who leads at each
+    budget."""
+    from lipschitz_lightning.bench.results import EPOCH_COLUMNS, RUN_COLUMNS, append_rows
+
+    results = tmp_path / "results"
+
+    def write(suite: str, final: dict, epochs: int) -> None:
+        append_rows(results / f"{suite}_runs.csv", RUN_COLUMNS,
+                    [{"suite": suite, "method": m, "seed": 0, "epochs": epochs, "status": "ok", "test_acc": a,
+                      "wall_seconds": 600.0} for m, a in final.items()])
+        append_rows(results / f"{suite}_epochs.csv", EPOCH_COLUMNS,
+                    [{"suite": suite, "method": m, "seed": 0, "epoch": e, "train/loss": 2.0 / (e + 1),
+                      "val/acc": a * (e + 1) / epochs, "bench/lr": 0.1, "bench/elapsed_seconds": 60.0 * (e + 1),
+                      **({"lipschitz/lr": 0.1 * (e + 1)} if m in ("rmsprop", "curvature_momentum") else {})}
+                     for m, a in final.items() for e in range(epochs)])
+
+    write("cifar10", {"rmsprop": 0.6204, "schedulefree_adamw": 0.691}, 3)
+    text = generate(results, tmp_path / "docs" / "benchmarks.md")
+    assert "cifar10_long" not in text and "Who leads" not in text
+    write("cifar10_long", {"curvature_momentum": 0.84, "rmsprop": 0.80, "schedulefree_adamw": 0.83,
+                           "momentum_tuned_cosine": 0.82}, 10)
+    text = generate(results, tmp_path / "docs" / "benchmarks.md")
+    assert "## Suite `cifar10_long`: CIFAR-10, ResNet20 (0.27M parameters), batch 128, flips + translations, 10 epochs" in text
+    assert "| **curvature_momentum** | 1 | 84.00 |" in text and "| momentum_tuned_cosine | 1 | 82.00 |" in text
+    assert "Not run yet (the suite resumes with them): prodigy_sf." in text  # its own plan, not every method
+    for png in ("cifar10_long_test_acc.png", "cifar10_long_lr.png"):
+        assert (tmp_path / "docs" / "img" / png).stat().st_size > 1000
+    assert "| cifar10_long (target 70%) | `curvature_momentum` | 84.00 |" in text
+    assert ("**Who leads at each budget** (best test accuracy, among the methods each suite ran): "
+            "at 3 epochs (`cifar10`) the leader is `schedulefree_adamw` (69.10%), 7.06 points ahead of the best "
+            "LipschitzLR rule `rmsprop` (62.04%); at 10 epochs (`cifar10_long`) the leader is the LipschitzLR rule "
+            "`curvature_momentum` (84.00%), 1.00 points ahead of the best other method `schedulefree_adamw` (83.00%).") in text
+
+
 def test_results_written_before_a_column_was_added_gain_it(tmp_path: Path):
     """A results file from before ``lipschitz/rollbacks`` keeps its rows and gains the column;
     a file with columns this version does not know is refused, not cut."""

@@ -1,5 +1,6 @@
 """The whole report: a section per suite (its statistics, table, figures and reading), the
-classical experiments' section, and the headline table across suites."""
+classical experiments' section, and the headline table across suites (with who leads at each
+budget where a task ran at two)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from lipschitz_lightning.bench.report.kinds import method_label
 from lipschitz_lightning.bench.report.plots import plot_curves
 from lipschitz_lightning.bench.report.stats import curves, summarise
 from lipschitz_lightning.bench.report.text import (
+    budget_leaders,
     fmt,
     fmt_pct,
     headline,
@@ -24,9 +26,13 @@ from lipschitz_lightning.bench.report.text import (
 from lipschitz_lightning.bench.results import read_rows
 from lipschitz_lightning.configs import config_dir
 
-__all__ = ["SUITES", "generate", "suite_config"]
+__all__ = ["BUDGETS", "SUITES", "generate", "suite_config"]
 
-SUITES: Tuple[str, ...] = ("digits", "mnist", "cifar10", "gpu_mnist", "gpu_cifar10")
+SUITES: Tuple[str, ...] = ("digits", "mnist", "cifar10", "cifar10_long", "gpu_mnist", "gpu_cifar10")
+# Suites shown only once they have results (the others say that none of their runs has finished).
+SHOWN_WITH_RESULTS: Tuple[str, ...] = ("cifar10_long", "gpu_mnist", "gpu_cifar10")
+# One task at two budgets (the shorter suite first): the headline says who leads at each.
+BUDGETS: Tuple[Tuple[str, str], ...] = (("cifar10", "cifar10_long"),)
 
 
 def suite_config(name: str) -> Dict[str, object]:
@@ -35,7 +41,7 @@ def suite_config(name: str) -> Dict[str, object]:
     if not path.exists():
         return {"name": name, "title": name}
     node = OmegaConf.load(path)
-    return {k: node.get(k) for k in ("name", "title", "epochs", "seeds", "target_acc", "chance_acc", "check")}
+    return {k: node.get(k) for k in ("name", "title", "epochs", "seeds", "target_acc", "chance_acc", "check", "only")}
 
 
 def _figures(name: str, epochs: List[Dict[str, object]], img: Path, out_dir: Path) -> List[str]:
@@ -63,7 +69,8 @@ def _suite_section(name: str, results: Path, img: Path, out_dir: Path) -> Tuple[
     cfg = suite_config(name)
     target, chance = float(cfg.get("target_acc") or 0.9), float(cfg.get("chance_acc") or 0.1)
     stats = summarise(runs, epochs, target, chance)
-    methods_all = list(OmegaConf.load(Path(config_dir()) / "methods" / "all.yaml").keys())
+    # the methods the suite plans: its own `only` list, else every method of the methods file
+    methods_all = list(cfg.get("only") or OmegaConf.load(Path(config_dir()) / "methods" / "all.yaml").keys())
     lines = [f"## Suite `{name}`: {cfg.get('title', name)}", ""]
     lines += what_ran(name, cfg, runs, epochs, stats, methods_all)
     lines += method_table(stats, target)
@@ -82,6 +89,9 @@ def _suite_section(name: str, results: Path, img: Path, out_dir: Path) -> Tuple[
 def _headline_table(headlines: List[Dict[str, object]]) -> List[str]:
     if not headlines:
         return []
+    rows = {str(h["suite"]): h for h in headlines}
+    budgets = [(rows[short], rows[long], suite_config(short).get("epochs"), suite_config(long).get("epochs"))
+               for short, long in BUDGETS if short in rows and long in rows]
     lines = ["## Headline", "", "Per task, the best LipschitzLR rule against the best other method (by best test "
              "accuracy), with time to the suite's target and optimizer state:", "",
              "| task | best Lipschitz rule | acc % | epochs / s to target | state B/param | best other | acc % | epochs / s to target | state B/param |",
@@ -90,6 +100,8 @@ def _headline_table(headlines: List[Dict[str, object]]) -> List[str]:
         lines.append(f"| {h['suite']} (target {100 * h['target']:.0f}%) | `{method_label(str(h['lip']))}` | {fmt_pct(h['lip_best'])} | "
                      f"{fmt(h['lip_epochs'])} / {fmt(h['lip_seconds'])} | {fmt(h['lip_state'])} | `{method_label(str(h['other']))}` | "
                      f"{fmt_pct(h['other_best'])} | {fmt(h['other_epochs'])} / {fmt(h['other_seconds'])} | {fmt(h['other_state'])} |")
+    for short, long, short_epochs, long_epochs in budgets:
+        lines += [""] + budget_leaders(short, long, short_epochs, long_epochs)
     return lines + [""]
 
 
@@ -110,7 +122,7 @@ def generate(results_dir: Path, out: Path, img_dir: Optional[Path] = None) -> st
     headlines = []
     for name in SUITES:
         section, row = _suite_section(name, results_dir, img, out_dir)
-        if not section and not name.startswith("gpu_"):
+        if not section and name not in SHOWN_WITH_RESULTS:
             cfg = suite_config(name)
             section = [f"## Suite `{name}`: {cfg.get('title', name)}", "",
                        f"**What ran**: no run of this suite has finished yet (no `{name}_runs.csv`). "
