@@ -37,7 +37,7 @@ test-fast: install
 bench: install
 	$(BIN)/python scripts/bench_callback_overhead.py
 
-# A benchmark suite (conf/suite/: digits, mnist, cifar10; or classical): every method x seed, raw
+# A benchmark suite (conf/suite/: digits, mnist, cifar10, cifar10_long; or classical): every method x seed, raw
 # results appended to benchmarks/results/ (resumes: runs already there are skipped). Real data from
 # LIPSCHITZ_SHARED_DATA (default ../shared/data). Extra Hydra overrides: ARGS="seeds=[0] epochs=3".
 SUITE ?= digits

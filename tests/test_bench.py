@@ -67,16 +67,17 @@ def test_every_method_list_composes_with_the_training_app(methods: str, tmp_path
         assert train_cfg.optim.optimizer._target_
 
 
-def test_cifar10_long_runs_its_five_methods_for_ten_epochs(tmp_path: Path):
+def test_cifar10_long_runs_its_six_methods_for_ten_epochs(tmp_path: Path):
     """The budget suite: ResNet20 on CIFAR-10 as in `cifar10`, 10 epochs, our previous best rule, the
-    paper's best, the two Schedule-Free leaders and tuned SGD-momentum with a cosine decay; every
+    paper's best, the two Schedule-Free leaders, tuned SGD-momentum with a cosine decay and the new
+    rule; every
     run composes with the training app. A command line's only= still picks among all methods."""
     cfg = load_config(["suite=cifar10_long", f"results_dir={tmp_path}", "shared_data=/shared", "data_dir=/data"])
     short = load_config(["suite=cifar10", f"results_dir={tmp_path}", "shared_data=/shared", "data_dir=/data"])
     assert cfg.suite.epochs == 10 and list(cfg.suite.overrides) == list(short.suite.overrides)
     runs = plan(cfg)
     assert [m for m, _, _ in runs] == ["curvature_momentum", "rmsprop", "schedulefree_adamw", "prodigy_sf",
-                                       "momentum_tuned_cosine"]
+                                       "momentum_tuned_cosine", "precond_sf"]
     for method, seed, args in runs:
         train_cfg = compose_train([a for a in args if not a.startswith("+callbacks.bench_probe")])
         assert train_cfg.trainer.max_epochs == 10 and train_cfg.model._target_ == compose_train(["model=resnet20"]).model._target_
@@ -248,7 +249,7 @@ def test_report_shows_cifar10_long_and_who_leads_at_each_budget(tmp_path: Path):
     text = generate(results, tmp_path / "docs" / "benchmarks.md")
     assert "## Suite `cifar10_long`: CIFAR-10, ResNet20 (0.27M parameters), batch 128, flips + translations, 10 epochs" in text
     assert "| **curvature_momentum** | 1 | 84.00 |" in text and "| momentum_tuned_cosine | 1 | 82.00 |" in text
-    assert "Not run yet (the suite resumes with them): prodigy_sf." in text  # its own plan, not every method
+    assert "Not run yet (the suite resumes with them): prodigy_sf, precond_sf." in text  # its own plan, not every method
     for png in ("cifar10_long_test_acc.png", "cifar10_long_lr.png"):
         assert (tmp_path / "docs" / "img" / png).stat().st_size > 1000
     assert "| cifar10_long (target 70%) | `curvature_momentum` | 84.00 |" in text
