@@ -6,6 +6,7 @@ It knows nothing of Lipschitz constants: the ``LipschitzLR`` callback finds the 
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import pytorch_lightning as pl
@@ -15,6 +16,7 @@ from torchmetrics import MaxMetric, MeanMetric, Metric, MinMetric
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
 from lipschitz_lightning.math.losses import LOSSES, HalfMSELoss, get_loss
+from lipschitz_lightning.modules.batchnorm import batchnorm_layers, has_train_eval_modes, recompute_running_stats
 
 __all__ = ["CRITERIA", "HalfMSELoss", "SupervisedModule"]
 
@@ -46,7 +48,14 @@ class SupervisedModule(pl.LightningModule):
     Optimizers with ``train()``/``eval()`` methods (schedule-free SGD) are switched to train mode
     before every training step and to eval mode before validation, testing, checkpointing and at
     the end of fit, so evaluation and checkpoints see the averaged weights. This is duck typing:
-    ``torch.optim`` optimizers have no such methods and are left alone.
+    ``torch.optim`` optimizers have no such methods and are left alone. The BatchNorm running
+    statistics were gathered at the training weights, so before each validation and test (not the
+    sanity check) they are recomputed at the averaged ones, as the Schedule-Free authors ask: the
+    first ``bn_recompute_batches`` training batches of the epoch run through the network in train
+    mode without gradients, their statistics averaged cumulatively (see
+    :mod:`~lipschitz_lightning.modules.batchnorm`); nothing else of the run changes (no step, the
+    same random streams and training iterator). Its cost is logged as ``bench/bn_recompute_seconds``
+    (seconds per validation or test).
 
     GPU speed-ups (config keys ``compile`` and ``channels_last``): ``compile=True`` compiles the
     network in place with ``nn.Module.compile`` (``torch.compile`` of its forward, hooks included;
@@ -63,10 +72,13 @@ class SupervisedModule(pl.LightningModule):
         compile: compile the network with ``torch.compile`` (lazily, at its first call).
         channels_last: channels-last memory format for the network and the input batches;
             only for networks with ``nn.Conv2d`` layers.
+        bn_recompute_batches: training batches that recompute the BatchNorm statistics at the
+            evaluated weights of an optimizer with train/eval modes; 0 turns it off.
 
     Raises:
-        ValueError: an unknown ``loss``, ``num_outputs`` that does not fit it, or
-            ``channels_last`` for a network without 2-D convolutions.
+        ValueError: an unknown ``loss``, ``num_outputs`` that does not fit it,
+            ``channels_last`` for a network without 2-D convolutions, or a
+            ``bn_recompute_batches`` that is not an int >= 0.
     """
 
     def __init__(
@@ -77,6 +89,7 @@ class SupervisedModule(pl.LightningModule):
         num_outputs: int,
         compile: bool = False,
         channels_last: bool = False,
+        bn_recompute_batches: int = 8,
     ) -> None:
         super().__init__()
         spec = get_loss(loss)
@@ -87,6 +100,9 @@ class SupervisedModule(pl.LightningModule):
         for flag, value in (("compile", compile), ("channels_last", channels_last)):
             if not isinstance(value, bool):
                 raise ValueError(f"{flag} must be true or false; got {value!r}")
+        if isinstance(bn_recompute_batches, bool) or not isinstance(bn_recompute_batches, int) \
+                or bn_recompute_batches < 0:
+            raise ValueError(f"bn_recompute_batches must be an int >= 0 (0: off); got {bn_recompute_batches!r}")
         # The network is saved in the checkpoint's state_dict, not as a hyperparameter. The
         # optimizer factory (a Hydra partial) is kept as an attribute, not a hyperparameter, so
         # that checkpoints hold only plain values and load with torch.load(weights_only=True);
@@ -208,6 +224,27 @@ class SupervisedModule(pl.LightningModule):
             if callable(switch):
                 switch()
 
+    def _recompute_batchnorm(self) -> None:
+        """BatchNorm statistics at the eval-mode weights, for optimizers with train/eval modes."""
+        trainer = self._trainer
+        count = self.hparams.get("bn_recompute_batches", 8)
+        if trainer is None or trainer.sanity_checking or not count:
+            return
+        if not any(has_train_eval_modes(o) for o in trainer.optimizers):
+            return
+        layers = batchnorm_layers(self.net)
+        if not layers:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the timing starts after the training's kernels
+        start = time.perf_counter()
+        if not recompute_running_stats(self, layers, count):
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.log("bench/bn_recompute_seconds", time.perf_counter() - start, on_step=False, on_epoch=True,
+                 sync_dist=False)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._optimizers_to("train")  # a no-op when already in train mode
 
@@ -216,9 +253,11 @@ class SupervisedModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._optimizers_to("eval")
+        self._recompute_batchnorm()
 
     def on_test_epoch_start(self) -> None:
         self._optimizers_to("eval")
+        self._recompute_batchnorm()
 
     def on_predict_epoch_start(self) -> None:
         self._optimizers_to("eval")
