@@ -111,3 +111,26 @@ def test_precond_refuses_an_optimizer_without_adams_preconditioner():
     module = ToyModule(ToyNet(k=3), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
     with pytest.raises(ValueError, match="AdamWScheduleFree"):
         trainer([LipschitzLR(rule="precond")], max_epochs=1).fit(module, datamodule=ToyDataModule(make_data(n=32), 16))
+
+
+# The digits MLP cases where the paper's rules fail raw (sgd NaN in the first epoch, adamo's jump
+# to chance): the 128-64 net at batch 64, and the digits suite's net at batch 32, scaled.
+DIGITS_CASES = {
+    "mlp128-64-batch64": ["model.hidden_sizes=[128,64]", "dataset.batch_size=64"],
+    "suite-mlp-batch32": ["dataset.batch_size=32", "dataset.scale=standard"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(DIGITS_CASES))
+@pytest.mark.parametrize("option", ["precond", "precond_sf"])
+def test_precond_trains_the_digits_mlp_cases_without_diverging_or_stalling(tmp_path, option, case):
+    from lipschitz_lightning.train import train
+    from tests.conftest import compose_train, path_overrides, tiny_trainer
+
+    quiet = [o for o in tiny_trainer(epochs=5) if "limit_train_batches" not in o]
+    cfg = compose_train(path_overrides(tmp_path) + quiet + ["dataset=digits", "model=mlp", f"optim={option}",
+                                                             "seed=0", *DIGITS_CASES[case]])
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/loss"])
+    assert metrics["test/acc"] >= 0.9, metrics["test/acc"]
