@@ -134,7 +134,7 @@ class RateRecorder(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == 0:
-            self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+            self.rates.append(float(trainer.optimizers[0].param_groups[0]["lr"]))  # a value, also of a tensor rate
 
     def on_train_epoch_end(self, trainer, pl_module):
         lipschitz = next(c for c in trainer.callbacks if type(c).__name__ == "LipschitzLR")

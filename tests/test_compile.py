@@ -28,20 +28,25 @@ class DynamoCounts(pl.Callback):
         self.breaks.append(sum(counters["graph_break"].values()))
 
 
+# rule -> (its optimizer in lipschitz_toys.OPTIMIZERS, the callback's arguments)
+CASES = {"auto_adam": ("auto_adam", {}), "smooth": ("adamo", {}), "curvature": ("adamo", {}),
+         "precond": ("auto_adam", {"per_step": True})}  # precond: the per-step rate, a tensor written in place
+
+
 def fit(rule, compiled, epochs=4):
     torch.manual_seed(0)
     net = ToyNet()
-    optimizer = OPTIMIZERS["adamo" if rule in ("smooth", "curvature") else rule]
-    module = ToyModule(torch.compile(net) if compiled else net, optimizer)
+    optimizer, kwargs = CASES[rule]
+    module = ToyModule(torch.compile(net) if compiled else net, OPTIMIZERS[optimizer])
     rates, counts = RateRecorder(), DynamoCounts()
     # the default first rate: the probe's no-grad forward is one more (warm-up) graph
-    trainer([LipschitzLR(rule=rule), rates, counts], max_epochs=epochs).fit(
+    trainer([LipschitzLR(rule=rule, **kwargs), rates, counts], max_epochs=epochs).fit(
         module, datamodule=ToyDataModule(make_data(n=80), 16))
     return rates, counts
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rule", ["auto_adam", "smooth", "curvature"])
+@pytest.mark.parametrize("rule", sorted(CASES))
 def test_compiled_model_compiles_once_and_keeps_the_rates(rule):
     torch._dynamo.reset()
     counters.clear()

@@ -134,3 +134,64 @@ def test_precond_trains_the_digits_mlp_cases_without_diverging_or_stalling(tmp_p
     metrics = train(cfg)
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/loss"])
     assert metrics["test/acc"] >= 0.9, metrics["test/acc"]
+
+
+class StepTerms(StepOracle):
+    """StepOracle keeping every step's ``g^T D g`` and ``||D g||^2`` with its epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []  # (epoch, q, p)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
+        self.steps.append((trainer.current_epoch, self.gdg[-1], self.dg2[-1]))
+
+
+def test_per_step_rate_rescales_the_epoch_rate_by_each_steps_preconditioned_ratio():
+    torch.manual_seed(0)
+    module = SwitchingToyModule(ToyNet(k=3, hidden=8), OPTIMIZERS["adamw"])
+    terms, logged = StepTerms(), Logged()
+    callback = LipschitzLR(rule="precond", first_epoch_checks=True, first_epoch_growth=2.0, max_growth=4.0,
+                           per_step=True)
+    rates = []  # (epoch, batch, rate in force)
+
+    class Rates(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            assert torch.is_tensor(lr)  # the rate is a tensor on the device, written in place
+            rates.append((trainer.current_epoch, batch_idx, float(lr)))
+
+    trainer([terms, callback, logged, Rates()], max_epochs=3).fit(module, datamodule=ToyDataModule(make_data(n=96), 16))
+    assert [e["rollbacks"] for e in logged.stats[:2]] == [0, 0]  # (a rollback at the end of the last epoch changes none of its rates)
+    # The oracle's EWMA of the steps' ratio, updated from the second step on (the first step's
+    # check sets the first reference).
+    ewma, after = 0.0, []
+    for i, (_, q, p) in enumerate(terms.steps):
+        if i >= 1:
+            ewma = q / p if ewma == 0 else 0.9 * ewma + 0.1 * q / p
+        after.append(ewma)
+    checked = 0
+    for epoch in (1, 2):
+        base = logged.stats[epoch - 1]["next_lr"]  # the epoch's rate
+        previous = [(q, p) for e, q, p in terms.steps if e == epoch - 1]
+        reference = sum(q for q, _ in previous) / sum(p for _, p in previous)
+        first = next(i for i, (e, _, _) in enumerate(terms.steps) if e == epoch)
+        in_epoch = [r for r in rates if r[0] == epoch]
+        assert in_epoch[0][2] == pytest.approx(base, rel=1e-6)  # the epoch starts at its own rate
+        for (_, batch, rate) in in_epoch[1:]:
+            expected = min(max(base * after[first + batch - 1] / reference, base / 4), base * 4)
+            assert rate == pytest.approx(expected, rel=1e-4), (epoch, batch)
+            checked += 1
+    assert checked == 10
+    assert len({round(r, 12) for e, b, r in rates if e == 2}) > 1  # the rate moves within the epoch
+
+
+def test_per_step_needs_a_rule_with_a_per_step_statistic_and_a_tensor_rate():
+    with pytest.raises(ValueError, match="per_step=True needs a rule with a per-step statistic"):
+        LipschitzLR(rule="curvature", per_step=True)
+    torch.manual_seed(0)
+    module = SwitchingToyModule(ToyNet(k=3), OPTIMIZERS["schedulefree_adamw"])
+    with pytest.raises(ValueError, match="takes its rate as a Python number"):
+        trainer([LipschitzLR(rule="precond", per_step=True)], max_epochs=1).fit(
+            module, datamodule=ToyDataModule(make_data(n=32), 16))

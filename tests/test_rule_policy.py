@@ -38,6 +38,7 @@ EXPECTED = {
     "curvature_momentum": (True, 4.0, True, 2.0),
     "precond": (True, 4.0, True, 2.0),
     "precond_sf": (True, 4.0, True, 2.0),
+    "precond_step": (True, 4.0, True, 2.0),
 }
 
 

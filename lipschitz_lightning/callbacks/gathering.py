@@ -240,6 +240,13 @@ class HeadGatherer:
     def needs_preconditioner(self) -> bool:
         return self._layout.precond
 
+    def last_step_terms(self) -> Optional[torch.Tensor]:
+        """The last finished step's ``[g^T D g, ||D g||^2]`` (a device view), or None."""
+        if not self._layout.precond or not self.record.steps:
+            return None
+        i = self._layout.precond_index
+        return self.record.steps[-1][i : i + 2]
+
     def observe_gradient(self, weight_decay: float, second_moment: Optional[tuple] = None) -> None:
         """Before the optimizer step: the head's largest gradient entry (weight decay included),
         for the gradient bound its largest ``|W|``, and with ``second_moment`` (the optimizer's

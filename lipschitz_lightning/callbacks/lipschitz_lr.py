@@ -106,6 +106,10 @@ class LipschitzLR(pl.Callback):
             factor towards the rule's full update (momentum's gain included) on the statistics so
             far, instead of holding it at the plain step; 1: off; ``None``: the rule's default (2
             for curvature, off for the others).
+        per_step: (rules with a per-step statistic: ``precond``) rescale the rate at every
+            optimizer step by that step's statistic (``RateScheduler.on_step``), written into the
+            optimizer as a device tensor; needs an optimizer that takes a tensor rate (torch's Adam,
+            AdamW), not Schedule-Free's.
 
     Raises:
         ValueError: a bad argument (here), or before training: no ``nn.Linear`` head, a missing
@@ -144,6 +148,7 @@ class LipschitzLR(pl.Callback):
         guard_lift: float = 2.0,
         first_epoch_checks: Optional[bool] = None,
         first_epoch_growth: Optional[float] = None,
+        per_step: bool = False,
     ) -> None:
         super().__init__()
         try:
@@ -168,7 +173,7 @@ class LipschitzLR(pl.Callback):
             init_probe_batches, follow=entry.first_epoch_from_steps,
         )
         self.scheduler = RateScheduler(rule, loss, k, weight_decay, betas, eps, bias_correction, decay, max_lr,
-                                       policy.max_growth if max_growth is None else max_growth)
+                                       policy.max_growth if max_growth is None else max_growth, per_step)
         self.rollback = RollbackGuard(policy.guard if guard is None else guard, guard_loss_factor, guard_loss_z,
                                       guard_collapse, guard_shrink, guard_snapshot, max_rollbacks, guard_lift)
         self.last_stats: Dict[str, float] = {}
@@ -307,6 +312,7 @@ class LipschitzLR(pl.Callback):
         last = batch_idx + 1 == trainer.num_training_batches
         if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or last:
             self.gatherer.commit_step()
+            self.scheduler.on_step(trainer, self.gatherer.last_step_terms())
             steps = len(self.gatherer.record.steps)
             if finish and self.first_epoch.due(steps, self.accepted_epochs, last):
                 self._check_first_epoch_rate(trainer, pl_module, steps)
@@ -344,6 +350,7 @@ class LipschitzLR(pl.Callback):
                                     self.rollback.ceiling)
         if lr is not None and lr != self.lr:
             self.scheduler.set_within_epoch(trainer, lr)
+            self.scheduler.set_reference(stats.precond_ratio)
 
     def _finish_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Gather, reduce, compute the next rate, write it and log (once per epoch)."""
@@ -373,6 +380,8 @@ class LipschitzLR(pl.Callback):
             if not invalid:
                 # A healthy epoch lifts the guard's ceiling (removed once the rule's rate is below it).
                 new_lr, capped = scheduler.capped(new_lr, guard.lift_ceiling(new_lr), epoch)
+        if failure is None and not invalid:
+            scheduler.set_reference(stats.precond_ratio)
         scheduler.end_epoch(trainer, new_lr, new_state)
         gatherer.reset_epoch()
         ceiling = guard.ceiling if guard.ceiling is not None else float("nan")

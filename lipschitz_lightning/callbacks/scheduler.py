@@ -5,7 +5,9 @@ It holds the rule's running state (:class:`SchedulerState`: the rate in force, t
 epochs done). The math is :func:`~lipschitz_lightning.math.rules.epoch_bound` and
 :func:`~lipschitz_lightning.math.rules.next_rate`; this part calls it and writes the result.
 Every write of the rate goes through :meth:`RateScheduler.write` (times each group's ``lr_scale``);
-a per-step rule extends :meth:`RateScheduler.on_batch_start`, where the time decay already runs.
+the per-step path is :meth:`RateScheduler.on_step` (``per_step``: the rate rescaled at every
+optimizer step from that step's statistic, a device tensor written in place) beside
+:meth:`RateScheduler.on_batch_start`, where the time decay runs.
 
 Logged once per epoch (through ``pl_module.log``, so they reach the logger and
 ``trainer.callback_metrics``):
@@ -32,6 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from lipschitz_lightning.callbacks.policy import check_optimizer, optimizer_fit
@@ -43,12 +46,19 @@ from lipschitz_lightning.math.rules import (
     RuleHyper,
     RuleState,
     apply_caps,
+    Statistic,
     epoch_bound,
     get_rule,
     next_rate,
     time_decay,
 )
 from lipschitz_lightning.math.statistics import HeadStats
+from lipschitz_lightning.math.updates import per_step_rate
+
+#: The per-step rate's EWMA of the steps' preconditioned ratio (about the last 10 steps), and its
+#: band around the epoch's rate when the rule has no growth cap.
+STEP_SMOOTHING = 0.9
+STEP_GROWTH = 4.0
 
 __all__ = ["RateScheduler", "SchedulerState", "is_positive_number"]
 
@@ -67,6 +77,8 @@ class SchedulerState:
         epochs_done: epochs finished, rolled back ones included.
         warned_invalid: the unusable-bound warning was given.
         epoch_max_lr: the largest rate in force in this epoch so far.
+        step_ratio, ratio_ref: (``per_step``) the steps' EWMA of ``g^T D g / ||D g||^2`` and the
+            ratio the rate in force was computed from.
     """
 
     lr: Optional[float] = None
@@ -76,13 +88,16 @@ class SchedulerState:
     epochs_done: int = 0
     warned_invalid: bool = False
     epoch_max_lr: Optional[float] = None
+    step_ratio: float = 0.0
+    ratio_ref: float = 0.0
 
     @classmethod
     def from_state(cls, state: Dict[str, Any]) -> "SchedulerState":
         lr = state.get("lr")
         return cls(lr=lr, K1=float(state.get("K1", 0.0)), K2=float(state.get("K2", 0.0)), t=int(state.get("t", 0)),
                    epochs_done=int(state.get("epochs_done", 0)), warned_invalid=bool(state.get("warned_invalid", False)),
-                   epoch_max_lr=state.get("epoch_max_lr", lr))
+                   epoch_max_lr=state.get("epoch_max_lr", lr), step_ratio=float(state.get("step_ratio", 0.0)),
+                   ratio_ref=float(state.get("ratio_ref", 0.0)))
 
 
 class RateScheduler:
@@ -93,7 +108,8 @@ class RateScheduler:
 
     def __init__(self, rule: str, loss: str, k: Optional[int] = None, weight_decay: Optional[float] = None,
                  betas: Union[float, Sequence[float], None] = None, eps: float = 1e-7, bias_correction: bool = False,
-                 decay: float = 0.0, max_lr: Optional[float] = None, max_growth: Optional[float] = None) -> None:
+                 decay: float = 0.0, max_lr: Optional[float] = None, max_growth: Optional[float] = None,
+                 per_step: bool = False) -> None:
         if k is not None and (not isinstance(k, int) or k < 1):
             raise ValueError(f"LipschitzLR: k must be a positive integer; got {k!r}")
         if weight_decay is not None and not (weight_decay >= 0):
@@ -110,6 +126,10 @@ class RateScheduler:
             raise ValueError(f"LipschitzLR: max_lr must be a positive number; got {max_lr!r}")
         if max_growth is not None and not is_positive_number(max_growth):
             raise ValueError(f"LipschitzLR: max_growth must be a positive number; got {max_growth!r}")
+        if per_step and Statistic.PRECONDITIONED not in get_rule(rule).statistics:
+            raise ValueError(f"LipschitzLR: per_step=True needs a rule with a per-step statistic (precond); got {rule!r}")
+        if per_step and decay:
+            raise ValueError("LipschitzLR: per_step=True and decay > 0 both change the rate at every step; pick one")
         self.rule = rule
         self.loss = loss
         self.k = k
@@ -120,7 +140,9 @@ class RateScheduler:
         self.decay = float(decay)
         self.max_lr = max_lr
         self.max_growth = max_growth
+        self.per_step = bool(per_step)
         self.state = SchedulerState()
+        self._step_ratio: Optional[torch.Tensor] = None  # the per-step EWMA, on the device
         # Per-run wiring (setup / on_fit_start).
         self.hyper = RuleHyper(eps=self.eps, bias_correction=self.bias_correction)
         self.weight_decay_in_use = 0.0
@@ -170,6 +192,16 @@ class RateScheduler:
                                momentum=momentum, dampening=dampening)
         if trainer.lr_scheduler_configs:
             rank_zero_warn("LipschitzLR sets the learning rate itself; the configured LR scheduler will fight it")
+        if self.per_step:
+            if callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None)):
+                raise ValueError(
+                    f"LipschitzLR(per_step=True) writes the rate as a device tensor at every step; "
+                    f"{type(optimizer).__name__} takes its rate as a Python number (use torch.optim.Adam or "
+                    f"AdamW, or per_step=False)")
+            device = optimizer.param_groups[0]["params"][0].device
+            self._step_ratio = torch.tensor(self.state.step_ratio, device=device)
+            for group in optimizer.param_groups:  # once: a tensor the steps then write in place
+                group["lr"] = torch.tensor(float(group["lr"]), device=device)
 
     def _resolve_betas(self, group: Dict[str, Any]) -> Tuple[float, float]:
         b1, b2 = optimizer_fit(self.rule).betas(group)
@@ -255,7 +287,29 @@ class RateScheduler:
         """The one place the rate enters the optimizer (times each group's ``lr_scale``)."""
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+                if torch.is_tensor(group["lr"]):
+                    group["lr"].fill_(lr * group.get("lr_scale", 1.0))
+                else:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+
+    def set_reference(self, ratio: float) -> None:
+        """(``per_step``) The preconditioned ratio the rate in force was computed from."""
+        if self.per_step:
+            self.state.ratio_ref = float(ratio)
+
+    def on_step(self, trainer: pl.Trainer, terms: Optional[torch.Tensor]) -> None:
+        """(``per_step``) After each optimizer step: the next step's rate from this step's
+        ``[g^T D g, ||D g||^2]`` (:func:`~lipschitz_lightning.math.updates.per_step_rate`), written
+        in place into the optimizer's tensor rates. Device tensors only: no host sync; the terms
+        come from the all-reduced gradient and the optimizer's state, so every rank gets the same."""
+        if not self.per_step or terms is None or self.lr is None or not self.state.ratio_ref > 0:
+            return
+        rate, self._step_ratio = per_step_rate(self.lr, self._step_ratio, terms, self.state.ratio_ref,
+                                               STEP_SMOOTHING, self.max_growth or STEP_GROWTH)
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                if torch.is_tensor(group["lr"]):
+                    group["lr"].copy_(rate * group.get("lr_scale", 1.0))
 
     # ------------------------------------------------------------------ logging
 
@@ -293,7 +347,11 @@ class RateScheduler:
         return dict(raw, **{k.split("/")[1]: v for k, v in metrics.items()})
 
     def state_dict(self) -> Dict[str, Any]:
+        if self._step_ratio is not None:  # a host copy at checkpoints only
+            self.state.step_ratio = float(self._step_ratio)
         return asdict(self.state)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.state = SchedulerState.from_state(state)
+        if self._step_ratio is not None:
+            self._step_ratio.fill_(self.state.step_ratio)

@@ -2,7 +2,8 @@
 values they exchange (:class:`RuleState`, :class:`EpochStats`, :class:`RuleHyper`).
 
 Each update turns one epoch's bound into the next rate (table in :mod:`~lipschitz_lightning.math.rules`,
-which files each update in its registry with the bound it is fed). Pure math: no torch, no Lightning.
+which files each update in its registry with the bound it is fed). Pure math: no torch optimizer, no
+Lightning (:func:`per_step_rate` works on device tensors).
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import math
 from dataclasses import dataclass, replace
 from typing import Tuple
 
+import torch
+
 __all__ = ["EpochStats", "RuleHyper", "RuleState", "adamo", "adaptive_rmsprop", "adaptive_sgd", "auto_adam",
-           "bias_corrected", "ewma", "momentum_step", "adam_edge_step"]
+           "bias_corrected", "ewma", "momentum_step", "adam_edge_step",
+           "per_step_rate"]
 
 
 @dataclass(frozen=True)
@@ -134,3 +138,21 @@ def adam_edge_step(state: RuleState, stats: EpochStats, hyper: RuleHyper) -> Tup
     b1 = hyper.momentum
     scale = (1.0 + b1) / (1.0 - b1) if b1 < 1.0 else 1.0
     return scale * _ratio(1.0, stats.L), replace(state, t=state.t + 1)
+
+
+def per_step_rate(rate: float, ratio_ewma: torch.Tensor, terms: torch.Tensor, ratio_ref: float, smoothing: float,
+                  growth: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step of a per-step rate, on the device (no host sync): the epoch's ``rate``
+    scaled by the EWMA ``r_t`` of the steps' ``g^T D g / ||D g||^2`` over the ratio ``ratio_ref``
+    the rate was computed from, ``rate * r_t / ratio_ref``, kept within ``[rate / growth, rate * growth]``.
+    ``terms`` is the step's ``[g^T D g, ||D g||^2]``; a step without a gradient (``||D g||^2 = 0``)
+    leaves the EWMA as it was. Returns ``(rate_t, new ratio_ewma)``.
+
+    Since the rate is ``gain / S`` with ``S = beta / ratio``, this is the same rule with the
+    epoch's curvature ``beta`` and the step's own preconditioned ratio (docs/rules.md section 9)."""
+    q, p = terms[0], terms[1]
+    step_ratio = q / p.clamp_min(torch.finfo(p.dtype).tiny)
+    blended = torch.where(ratio_ewma > 0, smoothing * ratio_ewma + (1.0 - smoothing) * step_ratio, step_ratio)
+    new_ewma = torch.where(p > 0, blended, ratio_ewma)
+    scaled = torch.where(new_ewma > 0, rate * new_ewma / ratio_ref, torch.full_like(new_ewma, rate))
+    return scaled.clamp(rate / growth, rate * growth), new_ewma
