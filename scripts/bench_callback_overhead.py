@@ -24,6 +24,7 @@ Usage::
     python scripts/bench_callback_overhead.py                 # CPU, 12 steps per run, 3 rounds
     python scripts/bench_callback_overhead.py --device cuda --steps 100 --rounds 5
     python scripts/bench_callback_overhead.py --modes compiled,compiled+hooks --warmup 4
+    python scripts/bench_callback_overhead.py --rule precond --per-step   # the per-step rate (AdamW)
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lipschitz_lightning import LipschitzLR
+from lipschitz_lightning.math.rules import OptimizerKind, get_rule
 from lipschitz_lightning.models import CifarResNet
 
 
 class Classifier(pl.LightningModule):
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, adam: bool = False) -> None:
         super().__init__()
+        self.adam = adam
         torch.manual_seed(seed)
         self.net = CifarResNet((3, 32, 32), 10, depth=20)
         self.criterion = nn.CrossEntropyLoss()
@@ -60,6 +63,8 @@ class Classifier(pl.LightningModule):
         return self.criterion(self(x), y)
 
     def configure_optimizers(self):
+        if self.adam:  # the Adam-family rules (precond, auto_adam)
+            return torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=1e-3)
         return torch.optim.SGD(self.parameters(), lr=0.01, weight_decay=1e-3)
 
 
@@ -115,7 +120,7 @@ class CallbackClock:
     Also reads the bytes of per-step statistics the callback holds just before it reduces them.
     """
 
-    PER_STEP = ("_record_input", "on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end")
+    PER_STEP = ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end")
 
     def __init__(self, lipschitz: LipschitzLR, device: torch.device) -> None:
         self.device = device
@@ -125,11 +130,14 @@ class CallbackClock:
         self._depth = 0
         for name in self.PER_STEP:
             setattr(lipschitz, name, self._timed(getattr(lipschitz, name), "per_step"))
+        # The head's pre-hook, wrapped before setup registers it.
+        gatherer = lipschitz.gatherer
+        gatherer._record_input = self._timed(gatherer._record_input, "per_step")
         finish = lipschitz._finish_epoch
 
         def finish_epoch(*args):
-            held = list(lipschitz._steps) + [t for t in (lipschitz._grad_max, lipschitz._acc, lipschitz._gram)
-                                             if t is not None]
+            held = list(gatherer.record.steps) + [t for t in (gatherer.record.grad_max, gatherer._acc, gatherer._gram)
+                                                  if t is not None]
             self.bytes = sum(t.numel() * t.element_size() for t in held)
             return finish(*args)
 
@@ -179,11 +187,14 @@ BASELINES = {"hooks": "none", "probe": "none", "compiled+hooks": "compiled", "bf
 
 def run(mode: str, args: argparse.Namespace, device: torch.device) -> Dict[str, float]:
     source, compiled, precision = MODES[mode]
+    adam = get_rule(args.rule).optimizer in (OptimizerKind.ADAM, OptimizerKind.ADAM_FAMILY)
     timer = StepTimer(device)
     callbacks: List[pl.Callback] = [timer]
     clock = None
     if source is not None:
-        lipschitz = LipschitzLR(rule=args.rule, loss="softmax_ce", first_epoch_lr=0.01, source=source)
+        extra = {"per_step": True} if args.per_step else {}
+        lipschitz = LipschitzLR(rule=args.rule, loss="softmax_ce", first_epoch_lr=1e-3 if adam else 0.01,
+                                source=source, **extra)
         if not compiled:
             clock = CallbackClock(lipschitz, device)
         callbacks.append(lipschitz)
@@ -193,7 +204,7 @@ def run(mode: str, args: argparse.Namespace, device: torch.device) -> Dict[str, 
         callbacks=callbacks, num_sanity_val_steps=0, precision=precision,
     )
     data = Data(args.steps * args.batch_size, args.batch_size, args.seed)
-    module = Classifier(args.seed)
+    module = Classifier(args.seed, adam=adam)
     if compiled:
         torch._dynamo.reset()
         module.net = torch.compile(module.net)
@@ -222,6 +233,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rule", default="sgd", help="LipschitzLR rule of the runs with the callback")
+    parser.add_argument("--per-step", action="store_true",
+                        help="the rule's per-step rate (precond): a device tensor written at every step")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {list(MODES)}")
     args = parser.parse_args()
     if args.steps <= args.warmup + 1:
@@ -249,7 +262,7 @@ def main() -> None:
         return statistics.median(x[key] for x in results[mode])
 
     print(f"\nResNet20, batch {args.batch_size}, {args.steps} steps/run ({args.warmup} warm-up), {args.rounds} "
-          f"interleaved rounds, rule {args.rule}, device {device.type}, torch {torch.__version__}, "
+          f"interleaved rounds, rule {args.rule}{' per step' if args.per_step else ''}, device {device.type}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print("wall clock, median over rounds; ratio = mode / its baseline measured in the same rounds:")
     print(f"{'mode':>14} {'baseline':>9} {'step ms':>9} {'step ratio':>11} {'epoch s':>9} {'epoch ratio':>12} {'held bytes':>11}")
