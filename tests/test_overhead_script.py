@@ -1,0 +1,23 @@
+"""The callback-overhead benchmark (``make bench``) runs and prints its figures, for a plain-SGD
+rule and for the per-step rate (a smoke run: tiny, not a timing)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_callback_overhead.py"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["--rule", "sgd"], ["--rule", "precond", "--per-step"]], ids=["sgd", "precond-per-step"])
+def test_overhead_benchmark_runs_and_prints_the_callbacks_share_of_a_step(extra):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--steps", "4", "--warmup", "1", "--rounds", "1",
+                             "--batch-size", "16", "--modes", "hooks", *extra],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "time inside the callback" in result.stdout
+    assert "% of a step without it" in result.stdout
