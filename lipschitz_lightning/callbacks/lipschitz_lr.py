@@ -57,7 +57,7 @@ from lipschitz_lightning.callbacks.rollback import RollbackGuard
 from lipschitz_lightning.callbacks.scheduler import RateScheduler
 from lipschitz_lightning.math.guard import retry_rate
 from lipschitz_lightning.math.losses import get_loss
-from lipschitz_lightning.math.rules import RULES, RuleState, canonical_rule, get_rule, initial_state
+from lipschitz_lightning.math.rules import RULE_ALIASES, RULES, RuleState, canonical_rule, get_rule, initial_state
 
 __all__ = ["LipschitzLR", "LipschitzLRError", "check_optimizer", "find_head"]
 
@@ -68,8 +68,8 @@ class LipschitzLR(pl.Callback):
     Args:
         rule: a name in :data:`lipschitz_lightning.math.rules.RULES`: the paper's ``"sgd"``
             (adaptive SGD), ``"adamo"`` (momentum), ``"rmsprop"``, ``"auto_adam"`` (Auto-Adam; its
-            earlier name ``"adam"`` is accepted); ours
-            ``"adamo_consistent"``, ``"gradbound"``, ``"smooth"``, ``"curvature"`` (``docs/rules.md``).
+            earlier name ``"adam"`` is accepted); ours ``"adamo_consistent"``, ``"gradbound"``,
+            ``"smooth"``, ``"curvature"``, ``"precond"`` (``docs/rules.md``).
         loss: ``"softmax_ce"``, ``"bce"`` (one sigmoid output) or ``"mse"`` (least squares).
         head: module name of the head ``nn.Linear``; default the model's last ``nn.Linear``.
         k: number of classes; default the head's ``out_features``.
@@ -97,19 +97,12 @@ class LipschitzLR(pl.Callback):
         guard_loss_factor, guard_loss_z, guard_collapse, guard_shrink, guard_snapshot, max_rollbacks,
             guard_lift: the guard's settings
             (:class:`~lipschitz_lightning.callbacks.rollback.RollbackGuard` describes each).
-        first_epoch_checks: re-check the first epoch's rate at its optimizer steps 1, 2, 4, 8, ...
-            on the statistics so far, lowering it when the features grew (one host sync each,
-            first epoch only); ``None``: the rule's default (on for gradbound, smooth, curvature).
-            The training app sets ``max_growth``, ``guard``, ``first_epoch_checks`` and
-            ``first_epoch_growth`` from ``conf/optim/<rule>.yaml``.
-        first_epoch_growth: with the checks, let each raise the first epoch's rate by at most this
-            factor towards the rule's full update (momentum's gain included) on the statistics so
-            far, instead of holding it at the plain step; 1: off; ``None``: the rule's default (2
-            for curvature, off for the others).
-        per_step: (rules with a per-step statistic: ``precond``) rescale the rate at every
-            optimizer step by that step's statistic (``RateScheduler.on_step``), written into the
-            optimizer as a device tensor; needs an optimizer that takes a tensor rate (torch's Adam,
-            AdamW), not Schedule-Free's.
+        first_epoch_checks, first_epoch_growth: re-check the first epoch's rate at its steps 1, 2,
+            4, ... (one host sync each, first epoch only), and the factor by which a check may raise
+            it (:class:`~lipschitz_lightning.callbacks.first_epoch.FirstEpochRate`); ``None``: the
+            rule's default. The app sets them, ``max_growth`` and ``guard`` from ``conf/optim``.
+        per_step: (``precond``) rescale the rate at every optimizer step by that step's statistic,
+            a device tensor written in place (``RateScheduler.on_step``; torch's Adam/AdamW only).
 
     Raises:
         ValueError: a bad argument (here), or before training: no ``nn.Linear`` head, a missing
@@ -210,14 +203,9 @@ class LipschitzLR(pl.Callback):
         """The rules (registry names) of the ``LipschitzLR`` states a checkpoint holds; empty:
         trained without one. The one reader of this callback's keys outside it (the app's resume
         check asks it)."""
-        rules = set()
-        for key, state in (checkpoint.get("callbacks") or {}).items():
-            if str(key).startswith("LipschitzLR") and isinstance(state, dict):
-                try:
-                    rules.add(canonical_rule(str(state.get("rule"))))
-                except ValueError:
-                    rules.add(str(state.get("rule")))
-        return rules
+        names = [str(state.get("rule")) for key, state in (checkpoint.get("callbacks") or {}).items()
+                 if str(key).startswith("LipschitzLR") and isinstance(state, dict)]
+        return {RULE_ALIASES.get(name, name) for name in names}  # an unknown name compares as it is
 
     # ------------------------------------------------------------------ setup
 
