@@ -13,13 +13,14 @@ device once per epoch.
 
 from __future__ import annotations
 
-import math
 import time
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateFinder
+
+from lipschitz_lightning.bench.schedules import cosine_rate, set_rate
 
 __all__ = ["BenchProbe", "LRFinderCosine", "effective_lr", "optimizer_state_bytes"]
 
@@ -208,18 +209,10 @@ class LRFinderCosine(LearningRateFinder):
                 raise RuntimeError("LRFinderCosine: the learning-rate finder could not suggest a rate "
                                    f"(fewer than {self._num_training_steps} usable steps?)")
             self.peak_lr = float(suggestion) * self.factor
-        self._set(trainer, self.peak_lr)
-
-    @staticmethod
-    def _set(trainer: pl.Trainer, lr: float) -> None:
-        for optimizer in trainer.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+        set_rate(trainer, self.peak_lr)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        total = max(int(trainer.estimated_stepping_batches), 1)
-        progress = min(trainer.global_step / total, 1.0)
-        self._set(trainer, self.peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress)))
+        set_rate(trainer, cosine_rate(self.peak_lr, trainer))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module.log("bench/lr_find", float(self.peak_lr), on_step=False, on_epoch=True)

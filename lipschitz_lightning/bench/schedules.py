@@ -14,7 +14,20 @@ from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 
-__all__ = ["CosineDecay"]
+__all__ = ["CosineDecay", "cosine_rate", "set_rate"]
+
+
+def cosine_rate(peak: float, trainer: pl.Trainer) -> float:
+    """``peak * (1 + cos(pi t / T)) / 2`` at the trainer's global step ``t`` of ``T`` in all."""
+    total = max(int(trainer.estimated_stepping_batches), 1)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(trainer.global_step / total, 1.0)))
+
+
+def set_rate(trainer: pl.Trainer, lr: float) -> None:
+    """Write ``lr`` into every param group of every optimizer."""
+    for optimizer in trainer.optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
 
 
 class CosineDecay(pl.Callback):
@@ -33,13 +46,8 @@ class CosineDecay(pl.Callback):
             self.peak_lr = float(trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self.peak_lr is None:
-            return
-        total = max(int(trainer.estimated_stepping_batches), 1)
-        lr = self.peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(trainer.global_step / total, 1.0)))
-        for optimizer in trainer.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+        if self.peak_lr is not None:
+            set_rate(trainer, cosine_rate(self.peak_lr, trainer))
 
     def state_dict(self) -> Dict[str, Any]:
         return {"peak_lr": self.peak_lr}

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Union
 
 from lipschitz_lightning.callbacks.errors import LipschitzLRError
 from lipschitz_lightning.callbacks.scheduler import is_positive_number
 from lipschitz_lightning.math import bounds
+from lipschitz_lightning.math.guard import mean
 from lipschitz_lightning.math.losses import get_loss
 from lipschitz_lightning.math.rules import EpochStats
 from lipschitz_lightning.math.statistics import HeadStats
@@ -125,9 +126,6 @@ class FirstEpochRate:
         self.state = FirstEpochState.from_state(state, lr)
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
-
 
 def steady(stats: HeadStats) -> bool:
     """Whether the first epoch's last two windows of steps (``(n/4, n/2]`` and ``(n/2, n]`` at
@@ -140,5 +138,5 @@ def steady(stats: HeadStats) -> bool:
         return False
     now, before = slice(n // 2, n), slice(n // 4, n // 2)
     grown = max(stats.step_norms[now]) ** 2 > max(stats.step_norms[before]) ** 2 / STEADY
-    loss_now, loss_before = _mean(stats.step_losses[now]), _mean(stats.step_losses[before])
+    loss_now, loss_before = mean(stats.step_losses[now]), mean(stats.step_losses[before])
     return not grown and loss_now < loss_before and loss_now < stats.step_losses[0]

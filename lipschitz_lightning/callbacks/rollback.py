@@ -22,7 +22,7 @@ import copy
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -30,7 +30,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from lipschitz_lightning.callbacks.errors import LipschitzLRError
 from lipschitz_lightning.callbacks.scheduler import is_positive_number
-from lipschitz_lightning.math.guard import lift_ceiling, loss_rose, mean_and_se
+from lipschitz_lightning.math.guard import lift_ceiling, loss_rose, mean, mean_and_se
 from lipschitz_lightning.math.rules import RuleState
 from lipschitz_lightning.math.statistics import HeadStats
 
@@ -184,7 +184,7 @@ class RollbackGuard:
                 return f"the training loss rose from {start:.4g} to {end:.4g}"
         if norms and self.collapse > 0:
             n = max(1, len(norms) // 4)
-            start, end = _mean(norms[:n]), _mean(norms[-n:])
+            start, end = mean(norms[:n]), mean(norms[-n:])
             if end < self.collapse * start:
                 return f"the head input's norm collapsed from {start:.4g} to {end:.4g}"
         return None
@@ -271,9 +271,6 @@ def to_device(obj: Any, device: torch.device) -> Any:
         return type(obj)(to_device(v, device) for v in obj)
     return copy.deepcopy(obj)
 
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
 
 
 @rank_zero_only

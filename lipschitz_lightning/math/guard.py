@@ -29,14 +29,19 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence, Tuple
 
-__all__ = ["lift_ceiling", "loss_rose", "mean_and_se", "retry_rate"]
+__all__ = ["lift_ceiling", "loss_rose", "mean", "mean_and_se", "retry_rate"]
+
+
+def mean(values: Sequence[float]) -> float:
+    """The mean of ``values`` (NaN for none)."""
+    return sum(values) / len(values) if values else math.nan
 
 
 def mean_and_se(values: Sequence[float]) -> Tuple[float, float]:
     """The mean of ``values`` and its standard error (sample deviation / sqrt(n); 0 for one value)."""
     if not values:
         return math.nan, math.nan
-    return sum(values) / len(values), _sd(values) / math.sqrt(len(values))
+    return mean(values), _sd(values) / math.sqrt(len(values))
 
 
 def _sd(values: Sequence[float]) -> float:
