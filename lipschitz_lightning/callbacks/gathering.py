@@ -140,6 +140,7 @@ class HeadGatherer:
         self._handles: List[Any] = []
         self._layout = StepLayout()
         self._needs_s = False  # a plain bool for the traced hook
+        self._group_index: Optional[int] = None  # the optimizer's param group of the head
         self._acc: Optional[torch.Tensor] = None  # the current optimizer step's sums
         self._gram: Optional[torch.Tensor] = None  # the current optimizer step's A^T A
         self._cgram: Optional[torch.Tensor] = None  # the current optimizer step's A^T C A
@@ -181,8 +182,12 @@ class HeadGatherer:
                 "(the un-augmented training data); use source='hooks' otherwise"
             )
 
-    def allocate(self, device: torch.device) -> None:
-        """The step accumulators, once per fit, on the model's device (never inside the hook)."""
+    def allocate(self, device: torch.device, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """The step accumulators, once per fit, on the model's device (never inside the hook), and
+        which of ``optimizer``'s param groups holds the head (looked up here, not per step)."""
+        if optimizer is not None and self.head is not None:
+            self._group_index = next((i for i, g in enumerate(optimizer.param_groups)
+                                      if any(p is self.head.weight for p in g["params"])), None)
         self._acc = torch.zeros(self._layout.size, device=device, dtype=torch.float32)
         d = self._layout.width
         self._gram = torch.zeros(d, d, device=device, dtype=torch.float32) if self._layout.spec else None
@@ -239,6 +244,13 @@ class HeadGatherer:
     @property
     def needs_preconditioner(self) -> bool:
         return self._layout.precond
+
+    def head_optimizer_state(self, optimizer: torch.optim.Optimizer) -> Optional[Tuple[dict, dict]]:
+        """The head weight's param group and optimizer state (None: the head is not optimized).
+        By index: a rollback or a resume replaces the group dicts, not their order."""
+        if self._group_index is None:
+            return None
+        return optimizer.param_groups[self._group_index], optimizer.state.get(self.head.weight, {})
 
     def last_step_terms(self) -> Optional[torch.Tensor]:
         """The last finished step's ``[g^T D g, ||D g||^2]`` (a device view), or None."""

@@ -222,7 +222,7 @@ class LipschitzLR(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.scheduler.fit_start(trainer)
-        self.gatherer.allocate(pl_module.device)
+        self.gatherer.allocate(pl_module.device, trainer.optimizers[0])
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.gatherer.remove()
@@ -282,9 +282,8 @@ class LipschitzLR(pl.Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        moment = None
-        if self.gatherer.needs_preconditioner and self.gatherer.head.weight.grad is not None:
-            moment = optimizer_fit(self.rule).second_moment(optimizer, self.gatherer.head.weight)
+        head = self.gatherer.head_optimizer_state(optimizer) if self.gatherer.needs_preconditioner else None
+        moment = optimizer_fit(self.rule).second_moment(*head) if head is not None else None
         self.gatherer.observe_gradient(self.scheduler.weight_decay_in_use, moment)
 
     def on_train_batch_end(

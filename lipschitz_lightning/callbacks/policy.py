@@ -76,7 +76,7 @@ class OptimizerFit:
         betas: ``param_group -> (beta1, beta2)``.
         advice: ``param_group -> message or None``: a fitting but doubtful setting (warned).
         momentum: ``param_group -> (momentum, dampening)`` the rule's update scales its step by.
-        second_moment: ``(optimizer, parameter) -> (exp_avg_sq or None, beta2, steps done, eps)``:
+        second_moment: ``(param_group, state) -> (exp_avg_sq or None, beta2, steps done, eps)``:
             the preconditioner of the optimizer's coming step (Adam family only).
     """
 
@@ -86,7 +86,7 @@ class OptimizerFit:
     advice: Callable[[dict], Optional[str]] = lambda group: None
     momentum: Callable[[dict], Tuple[float, float]] = lambda group: (
         float(group.get("momentum", 0.0) or 0.0), float(group.get("dampening", 0.0) or 0.0))
-    second_moment: Optional[Callable[[torch.optim.Optimizer, torch.Tensor], tuple]] = None
+    second_moment: Optional[Callable[[dict, dict], tuple]] = None
 
 
 def _ewma_velocity_advice(group: dict) -> Optional[str]:
@@ -105,18 +105,12 @@ def _is_adam_family(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) or type(optimizer).__name__ == "AdamWScheduleFree"
 
 
-def _adam_second_moment(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> tuple:
-    """The head's ``exp_avg_sq`` before the step, ``beta2``, the steps done and ``eps`` (the
-    arguments of ``math.bounds.preconditioned_terms`` after the gradient): torch's
-    Adam keeps the count per parameter (a host tensor unless capturable), Schedule-Free AdamW as the
-    group's ``k``."""
-    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
-    state = optimizer.state.get(param, {})
-    if "k" in group:
-        steps = int(group["k"])
-    else:
-        step = state.get("step", 0)
-        steps = int(step.item()) if torch.is_tensor(step) else int(step)
+def _adam_second_moment(group: dict, state: dict) -> tuple:
+    """From the head's param group and optimizer state: its ``exp_avg_sq`` before the step,
+    ``beta2``, the steps done and ``eps`` (the arguments of ``math.bounds.preconditioned_terms``
+    after the gradient). Schedule-Free AdamW counts the steps as the group's ``k``; torch's Adam
+    per parameter, as a tensor that is passed on as it is (no host sync)."""
+    steps = group["k"] if "k" in group else state.get("step", 0)
     return state.get("exp_avg_sq"), float(group["betas"][1]), steps, float(group["eps"])
 
 

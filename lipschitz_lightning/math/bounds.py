@@ -241,11 +241,12 @@ def softmax_regression_constant(x: torch.Tensor, k: int) -> torch.Tensor:
     return softmax_ce_coefficient(k, x.shape[0]) * _spectral(x)
 
 
-def preconditioned_terms(grad: torch.Tensor, exp_avg_sq: Optional[torch.Tensor], beta2: float, steps_done: int,
-                         eps: float) -> torch.Tensor:
+def preconditioned_terms(grad: torch.Tensor, exp_avg_sq: Optional[torch.Tensor], beta2: float,
+                         steps_done: Union[int, torch.Tensor], eps: float) -> torch.Tensor:
     """``[g^T D g, ||D g||^2]`` of a gradient ``g`` under Adam's preconditioner of the coming step,
     ``D = diag(1 / (sqrt(v / (1 - beta2^(t+1))) + eps))`` with ``v = beta2 v_prev + (1 - beta2) g^2``
-    (``exp_avg_sq`` is ``v_prev``: None or empty before the first step). A device tensor of 2.
+    (``exp_avg_sq`` is ``v_prev``: None or empty before the first step; ``steps_done`` a number or
+    the optimizer's own 0-dim step tensor, read without a host sync). A device tensor of 2.
 
     With smoothness ``beta`` along the step, ``-eta D g`` decreases the loss while
     ``eta < 2 g^T D g / (beta ||D g||^2)`` (docs/rules.md section 9). At the first step
