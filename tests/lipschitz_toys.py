@@ -51,6 +51,13 @@ OPTIMIZERS = {
 }
 
 
+def sf_sgd(params):
+    """Schedule-Free SGD (interpolation 0.8, no warm-up, no decay), picklable for ddp_spawn."""
+    import schedulefree
+
+    return schedulefree.SGDScheduleFree(params, lr=0.5, momentum=0.8, warmup_steps=0, weight_decay=0.0)
+
+
 class HalfMSE(nn.Module):
     """The paper's least-squares loss 1/(2m) sum (a - y)^2, for which its bound is derived."""
 
@@ -75,6 +82,16 @@ class ToyModule(pl.LightningModule):
 
     def configure_optimizers(self):
         return self.optimizer_fn(self.parameters())
+
+
+class TrainModeToyModule(ToyModule):
+    """A toy module that puts a Schedule-Free optimizer in train mode for training (as
+    SupervisedModule does)."""
+
+    def on_train_epoch_start(self):
+        optimizer = self.optimizers().optimizer
+        if hasattr(optimizer, "train"):
+            optimizer.train()
 
 
 class ToyDataModule(pl.LightningDataModule):

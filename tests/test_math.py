@@ -266,6 +266,13 @@ def test_preconditioned_terms_by_hand():
     assert p == pytest.approx(9 * d[0] ** 2 + 16 * d[1] ** 2, rel=1e-5)
 
 
+def test_identity_terms_are_the_squared_gradient_norm_twice():
+    from lipschitz_lightning.math.bounds import identity_terms
+
+    q, p = identity_terms(torch.tensor([[3.0, -4.0], [0.0, 12.0]])).tolist()
+    assert q == p == pytest.approx(169.0)  # D = I: g^T g = ||g||^2, so the ratio is 1 and S = beta
+
+
 def test_precond_rule_is_half_of_adams_edge_of_stability():
     stats = HeadStats(k_z=1.0, m=4.0, curvature=2.0, precond_ratio=0.5)
     bound = epoch_bound("precond", stats, "softmax_ce", 10, 0.0)

@@ -12,17 +12,10 @@ import torch
 
 from lipschitz_lightning import LipschitzLR
 from lipschitz_lightning.math.losses import curvature_weights
-from tests.lipschitz_toys import ToyDataModule, ToyModule, ToyNet, make_data, trainer
+from tests.lipschitz_toys import ToyDataModule, ToyModule, ToyNet, TrainModeToyModule, make_data, sf_sgd, trainer
 
 
-class SwitchingToyModule(ToyModule):
-    """A toy module that puts a Schedule-Free optimizer in train mode for training (as
-    SupervisedModule does)."""
-
-    def on_train_epoch_start(self):
-        optimizer = self.optimizers().optimizer
-        if hasattr(optimizer, "train"):
-            optimizer.train()
+SwitchingToyModule = TrainModeToyModule
 
 
 class StepOracle(pl.Callback):
@@ -49,12 +42,15 @@ class StepOracle(pl.Callback):
         self.curvature.append(float(torch.linalg.eigvalsh((a * c[:, None]).T @ a).max()) / a.shape[0])
         w = self.head.weight
         group = optimizer.param_groups[0]
-        b2, eps = group["betas"][1], group["eps"]
-        state = optimizer.state.get(w, {})
-        v_prev = state.get("exp_avg_sq", torch.zeros_like(w))
-        t = group["k"] if "k" in group else int(state.get("step", torch.tensor(0.0)).item())
-        v = b2 * v_prev + (1 - b2) * w.grad ** 2
-        d = 1.0 / (torch.sqrt(v / (1 - b2 ** (t + 1))) + eps)
+        if "betas" in group:  # Adam's preconditioner of the coming step
+            b2, eps = group["betas"][1], group["eps"]
+            state = optimizer.state.get(w, {})
+            v_prev = state.get("exp_avg_sq", torch.zeros_like(w))
+            t = group["k"] if "k" in group else int(state.get("step", torch.tensor(0.0)).item())
+            v = b2 * v_prev + (1 - b2) * w.grad ** 2
+            d = 1.0 / (torch.sqrt(v / (1 - b2 ** (t + 1))) + eps)
+        else:  # Schedule-Free SGD: z <- z - lr g, D = I
+            d = torch.ones_like(w)
         self.gdg.append(float((w.grad * d * w.grad).sum()))
         self.dg2.append(float(((d * w.grad) ** 2).sum()))
 
@@ -77,6 +73,7 @@ OPTIMIZERS = {
     "adamw": lambda p: torch.optim.AdamW(p, lr=0.5, betas=(0.8, 0.999), weight_decay=0.0),
     "schedulefree_adamw": lambda p: schedulefree.AdamWScheduleFree(p, lr=0.5, betas=(0.8, 0.999), warmup_steps=0,
                                                                    weight_decay=0.0),
+    "schedulefree_sgd": sf_sgd,  # interpolation 0.8: the same gain
 }
 
 
@@ -97,7 +94,7 @@ def test_precond_bound_and_rate_follow_independently_recorded_steps(optimizer):
     for mine, theirs in zip(logged.stats, oracle.epoch_L):
         # The callback bounds lambda_max(A^T C A) from above by repeated squaring (at most d^(1/32) over).
         assert theirs * (1 - 1e-5) <= mine["L"] <= theirs * 8 ** (1 / 32) * (1 + 1e-5), (mine["L"], theirs)
-    gain = (1 + 0.8) / (1 - 0.8)  # beta1 read from the optimizer: half of Adam's edge, 9 / S
+    gain = (1 + 0.8) / (1 - 0.8)  # beta1 (the interpolation) read from the optimizer: 9 / S
     for epoch in logged.stats:
         expected = min(gain / epoch["L"], 4.0 * epoch["lr"])
         assert epoch["next_lr"] == pytest.approx(expected, rel=1e-6)
@@ -106,10 +103,10 @@ def test_precond_bound_and_rate_follow_independently_recorded_steps(optimizer):
     assert rates[1] != pytest.approx(1e-3) and all(math.isfinite(r) and r > 0 for r in rates)
 
 
-def test_precond_refuses_an_optimizer_without_adams_preconditioner():
+def test_precond_refuses_an_optimizer_without_a_preconditioned_step():
     torch.manual_seed(0)
     module = ToyModule(ToyNet(k=3), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
-    with pytest.raises(ValueError, match="AdamWScheduleFree"):
+    with pytest.raises(ValueError, match=r"AdamWScheduleFree or schedulefree\.SGDScheduleFree; got SGD"):
         trainer([LipschitzLR(rule="precond")], max_epochs=1).fit(module, datamodule=ToyDataModule(make_data(n=32), 16))
 
 
@@ -123,7 +120,7 @@ DIGITS_CASES = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(DIGITS_CASES))
-@pytest.mark.parametrize("option", ["precond", "precond_sf"])
+@pytest.mark.parametrize("option", ["precond", "precond_sf", "precond_sf_sgd", "polyak_sf"])
 def test_precond_trains_the_digits_mlp_cases_without_diverging_or_stalling(tmp_path, option, case):
     from lipschitz_lightning.train import train
     from tests.conftest import compose_train, path_overrides, tiny_trainer

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 
 from lipschitz_lightning.callbacks.errors import LipschitzLRError
 from lipschitz_lightning.callbacks.probe import run_probe
-from lipschitz_lightning.math.bounds import preconditioned_terms, spectral_norm_upper_bound
+from lipschitz_lightning.math.bounds import spectral_norm_upper_bound
 from lipschitz_lightning.math.losses import curvature_weights, get_loss
 from lipschitz_lightning.math.rules import Statistic
 from lipschitz_lightning.math.statistics import A2, LOSS, NLOSS, OUT2, ROWS, Y2, HeadStats, StepLayout, summarize_steps
@@ -259,17 +259,18 @@ class HeadGatherer:
         i = self._layout.precond_index
         return self.record.steps[-1][i : i + 2]
 
-    def observe_gradient(self, weight_decay: float, second_moment: Optional[tuple] = None) -> None:
+    def observe_gradient(self, weight_decay: float,
+                         step_terms: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
         """Before the optimizer step: the head's largest gradient entry (weight decay included),
-        for the gradient bound its largest ``|W|``, and with ``second_moment`` (the optimizer's
-        ``(exp_avg_sq, beta2, steps done, eps)`` of the head) the step's ``g^T D g`` and
-        ``||D g||^2`` (device tensors, no sync)."""
+        for the gradient bound its largest ``|W|``, and with ``step_terms`` (``grad -> [g^T D g,
+        ||D g||^2]`` under the optimizer's preconditioner of the head) the step's two terms
+        (device tensors, no sync)."""
         weight = self.head.weight
         if weight.grad is None:
             return
-        if self._layout.precond and second_moment is not None:
+        if self._layout.precond and step_terms is not None:
             i = self._layout.precond_index
-            self._acc[i : i + 2].add_(preconditioned_terms(weight.grad, *second_moment))
+            self._acc[i : i + 2].add_(step_terms(weight.grad))
         grad = weight.grad.detach()
         if weight_decay:
             grad = torch.add(grad, weight.detach(), alpha=weight_decay)

@@ -17,6 +17,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
+from lipschitz_lightning.math.bounds import identity_terms, preconditioned_terms
 from lipschitz_lightning.math.rules import OptimizerKind, get_rule
 
 __all__ = ["DEFAULT_POLICY", "OPTIMIZER_FITS", "OptimizerFit", "POLICIES", "RulePolicy", "check_optimizer", "optimizer_fit",
@@ -76,8 +77,9 @@ class OptimizerFit:
         betas: ``param_group -> (beta1, beta2)``.
         advice: ``param_group -> message or None``: a fitting but doubtful setting (warned).
         momentum: ``param_group -> (momentum, dampening)`` the rule's update scales its step by.
-        second_moment: ``(param_group, state) -> (exp_avg_sq or None, beta2, steps done, eps)``:
-            the preconditioner of the optimizer's coming step (Adam family only).
+        step_terms: ``(param_group, state, grad) -> [g^T D g, ||D g||^2]`` of the head's gradient
+            under the preconditioner ``D`` of the optimizer's coming step (a device tensor; the
+            ``precond`` rule's optimizers only).
     """
 
     needs: str
@@ -86,7 +88,7 @@ class OptimizerFit:
     advice: Callable[[dict], Optional[str]] = lambda group: None
     momentum: Callable[[dict], Tuple[float, float]] = lambda group: (
         float(group.get("momentum", 0.0) or 0.0), float(group.get("dampening", 0.0) or 0.0))
-    second_moment: Optional[Callable[[dict, dict], tuple]] = None
+    step_terms: Optional[Callable[[dict, dict, torch.Tensor], torch.Tensor]] = None
 
 
 def _ewma_velocity_advice(group: dict) -> Optional[str]:
@@ -105,52 +107,81 @@ def _is_adam_family(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) or type(optimizer).__name__ == "AdamWScheduleFree"
 
 
-def _adam_second_moment(group: dict, state: dict) -> tuple:
-    """From the head's param group and optimizer state: its ``exp_avg_sq`` before the step,
-    ``beta2``, the steps done and ``eps`` (the arguments of ``math.bounds.preconditioned_terms``
-    after the gradient). Schedule-Free AdamW counts the steps as the group's ``k``; torch's Adam
-    per parameter, as a tensor that is passed on as it is (no host sync)."""
+def _adam_step_terms(group: dict, state: dict, grad: torch.Tensor) -> torch.Tensor:
+    """``math.bounds.preconditioned_terms`` of the head's gradient, from its param group and
+    optimizer state: its ``exp_avg_sq`` before the step, ``beta2``, the steps done and ``eps``.
+    Schedule-Free AdamW counts the steps as the group's ``k``; torch's Adam per parameter, as a
+    tensor that is passed on as it is (no host sync)."""
     steps = group["k"] if "k" in group else state.get("step", 0)
-    return state.get("exp_avg_sq"), float(group["betas"][1]), steps, float(group["eps"])
+    return preconditioned_terms(grad, state.get("exp_avg_sq"), float(group["betas"][1]), steps, float(group["eps"]))
 
 
-#: The optimizer kinds of the rules -> the torch optimizers that fit them.
-OPTIMIZER_FITS: Dict[OptimizerKind, OptimizerFit] = {
-    OptimizerKind.PLAIN_SGD: OptimizerFit(
+def _interpolation(group: dict) -> Tuple[float, float]:
+    """Schedule-Free SGD's ``momentum``: the interpolation ``y = (1 - b) z + b x`` (no dampening to
+    apply, given as ``(b, b)`` as Adam's ``beta1``: the ``precond`` rule's gain reads ``b``)."""
+    b = float(group["momentum"])
+    return b, b
+
+
+#: The optimizer kinds of the rules -> the torch optimizers that fit them (the first that fits is
+#: the one in use).
+OPTIMIZER_FITS: Dict[OptimizerKind, Tuple[OptimizerFit, ...]] = {
+    OptimizerKind.PLAIN_SGD: (OptimizerFit(
         "torch.optim.SGD without momentum",
         lambda o: isinstance(o, torch.optim.SGD) and _sgd_momentum(o) == 0,
-    ),
-    OptimizerKind.MOMENTUM_SGD: OptimizerFit(
+    ),),
+    OptimizerKind.MOMENTUM_SGD: (OptimizerFit(
         "torch.optim.SGD with momentum > 0",
         lambda o: isinstance(o, torch.optim.SGD) and _sgd_momentum(o) > 0,
         betas=lambda g: (float(g["momentum"]), 0.999),
         advice=_ewma_velocity_advice,
-    ),
-    OptimizerKind.ANY_SGD: OptimizerFit("torch.optim.SGD", lambda o: isinstance(o, torch.optim.SGD)),
-    OptimizerKind.RMSPROP: OptimizerFit(
+    ),),
+    OptimizerKind.ANY_SGD: (OptimizerFit("torch.optim.SGD", lambda o: isinstance(o, torch.optim.SGD)),),
+    OptimizerKind.RMSPROP: (OptimizerFit(
         "torch.optim.RMSprop",
         lambda o: isinstance(o, torch.optim.RMSprop),
         betas=lambda g: (0.9, float(g["alpha"])),
-    ),
-    OptimizerKind.ADAM: OptimizerFit(
+    ),),
+    OptimizerKind.ADAM: (OptimizerFit(
         "torch.optim.Adam or torch.optim.AdamW",
         lambda o: isinstance(o, (torch.optim.Adam, torch.optim.AdamW)),
         betas=lambda g: (float(g["betas"][0]), float(g["betas"][1])),
-    ),
-    # Adam's first moment is an EWMA of the gradients: the update's momentum and dampening are beta1.
-    OptimizerKind.ADAM_FAMILY: OptimizerFit(
-        "torch.optim.Adam, torch.optim.AdamW or schedulefree.AdamWScheduleFree",
-        _is_adam_family,
-        betas=lambda g: (float(g["betas"][0]), float(g["betas"][1])),
-        momentum=lambda g: (float(g["betas"][0]), float(g["betas"][0])),
-        second_moment=_adam_second_moment,
+    ),),
+    OptimizerKind.PRECONDITIONED: (
+        # Adam's first moment is an EWMA of the gradients: the update's momentum and dampening are
+        # beta1 (Schedule-Free AdamW's beta1 is its interpolation, as Schedule-Free SGD's momentum).
+        OptimizerFit(
+            "torch.optim.Adam, torch.optim.AdamW or schedulefree.AdamWScheduleFree",
+            _is_adam_family,
+            betas=lambda g: (float(g["betas"][0]), float(g["betas"][1])),
+            momentum=lambda g: (float(g["betas"][0]), float(g["betas"][0])),
+            step_terms=_adam_step_terms,
+        ),
+        # Schedule-Free SGD (by class, as above): D = I.
+        OptimizerFit(
+            "schedulefree.SGDScheduleFree",
+            lambda o: type(o).__name__ == "SGDScheduleFree",
+            momentum=_interpolation,
+            step_terms=lambda group, state, grad: identity_terms(grad),
+        ),
     ),
 }
 
 
-def optimizer_fit(rule: str) -> OptimizerFit:
-    """The :class:`OptimizerFit` of ``rule``'s optimizer kind."""
-    return OPTIMIZER_FITS[get_rule(rule).optimizer]
+def optimizer_fit(rule: str, optimizer: torch.optim.Optimizer) -> OptimizerFit:
+    """The :class:`OptimizerFit` of ``rule``'s optimizer kind that ``optimizer`` fits.
+
+    Raises:
+        ValueError: ``optimizer`` fits none (the message says what the rule needs).
+    """
+    fits = OPTIMIZER_FITS[get_rule(rule).optimizer]
+    for fit in fits:
+        if fit.fits(optimizer):
+            return fit
+    group = optimizer.param_groups[0]
+    detail = f" (momentum={group.get('momentum', 0.0)})" if isinstance(optimizer, torch.optim.SGD) else ""
+    needs = " or ".join(fit.needs for fit in fits)
+    raise ValueError(f"LipschitzLR rule {rule!r} needs {needs}; got {type(optimizer).__name__}{detail}")
 
 
 def check_optimizer(rule: str, optimizer: torch.optim.Optimizer) -> None:
@@ -158,14 +189,9 @@ def check_optimizer(rule: str, optimizer: torch.optim.Optimizer) -> None:
 
     Adaptive SGD and ``gradbound`` need plain SGD, AdaMo SGD with momentum (ideally
     ``dampening=momentum``, the EWMA velocity of the paper; a warning says so otherwise),
-    ``smooth`` any SGD, adaptive RMSprop needs RMSprop and Auto-Adam Adam or AdamW.
+    ``smooth`` any SGD, adaptive RMSprop needs RMSprop, Auto-Adam Adam or AdamW, ``precond`` the
+    Adam family or Schedule-Free SGD.
     """
-    fit = optimizer_fit(rule)
-    group = optimizer.param_groups[0]
-    if not fit.fits(optimizer):
-        momentum = group.get("momentum", 0.0)
-        detail = f" (momentum={momentum})" if isinstance(optimizer, torch.optim.SGD) else ""
-        raise ValueError(f"LipschitzLR rule {rule!r} needs {fit.needs}; got {type(optimizer).__name__}{detail}")
-    advice = fit.advice(group)
+    advice = optimizer_fit(rule, optimizer).advice(optimizer.param_groups[0])
     if advice:
         rank_zero_warn(f"LipschitzLR rule {rule!r}: {advice}")

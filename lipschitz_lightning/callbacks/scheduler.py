@@ -187,8 +187,9 @@ class RateScheduler:
             self.weight_decay_in_use = max(float(g.get("weight_decay", 0.0) or 0.0) for g in optimizer.param_groups)
         else:
             self.weight_decay_in_use = float(self.weight_decay)
-        momentum, dampening = optimizer_fit(self.rule).momentum(group)
-        self.hyper = RuleHyper(betas=self._resolve_betas(group), eps=self.eps, bias_correction=self.bias_correction,
+        fit = optimizer_fit(self.rule, optimizer)
+        momentum, dampening = fit.momentum(group)
+        self.hyper = RuleHyper(betas=self._resolve_betas(fit.betas(group)), eps=self.eps, bias_correction=self.bias_correction,
                                momentum=momentum, dampening=dampening)
         if trainer.lr_scheduler_configs:
             rank_zero_warn("LipschitzLR sets the learning rate itself; the configured LR scheduler will fight it")
@@ -203,8 +204,8 @@ class RateScheduler:
             for group in optimizer.param_groups:  # once: a tensor the steps then write in place
                 group["lr"] = torch.tensor(float(group["lr"]), device=device)
 
-    def _resolve_betas(self, group: Dict[str, Any]) -> Tuple[float, float]:
-        b1, b2 = optimizer_fit(self.rule).betas(group)
+    def _resolve_betas(self, optimizer_betas: Tuple[float, float]) -> Tuple[float, float]:
+        b1, b2 = optimizer_betas
         if self.betas is None:
             return b1, b2
         if isinstance(self.betas, (int, float)):

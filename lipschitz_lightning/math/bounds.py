@@ -23,6 +23,7 @@ import torch
 Number = Union[float, torch.Tensor]
 
 __all__ = [
+    "identity_terms",
     "preconditioned_terms",
     "softmax_ce_coefficient",
     "bce_coefficient",
@@ -259,3 +260,10 @@ def preconditioned_terms(grad: torch.Tensor, exp_avg_sq: Optional[torch.Tensor],
     d = 1.0 / ((v / (1.0 - beta2 ** (steps_done + 1))).sqrt() + eps)
     dg = d * g
     return torch.stack([(g * dg).sum(), dg.square().sum()])
+
+
+def identity_terms(grad: torch.Tensor) -> torch.Tensor:
+    """``[g^T D g, ||D g||^2]`` with ``D = I`` (Schedule-Free SGD's step ``-lr g``): ``[||g||^2, ||g||^2]``,
+    so that the preconditioned ratio is 1 and ``S`` is the curvature ``beta`` itself. A device tensor of 2."""
+    g2 = grad.detach().float().square().sum()
+    return torch.stack([g2, g2])

@@ -159,7 +159,9 @@ class OptimizerKind(enum.Enum):
     ANY_SGD = "SGD"
     RMSPROP = "RMSprop"
     ADAM = "Adam or AdamW"
-    ADAM_FAMILY = "Adam, AdamW or Schedule-Free AdamW"
+    #: a step ``-lr D g`` with a diagonal preconditioner ``D`` the optimizer already keeps: Adam's
+    #: (Adam, AdamW, Schedule-Free AdamW) or the identity (Schedule-Free SGD).
+    PRECONDITIONED = "Adam, AdamW, Schedule-Free AdamW or Schedule-Free SGD"
 
 
 # --- the registry -----------------------------------------------------------------------------
@@ -257,7 +259,7 @@ RULES: dict[str, Rule] = {
              "at the visited weights", momentum_step, curvature_bound, _ANY_SGD,
              statistics=frozenset({Statistic.CURVATURE}), losses=_CLASSIFICATION, bounds_gradient=False),
         Rule("precond", "lr = (1+b1)/((1-b1) S), S = beta ||Dg||^2 / g^T D g, the head's curvature along "
-             "Adam's preconditioned step", adam_edge_step, preconditioned_bound, OptimizerKind.ADAM_FAMILY,
+             "Adam's preconditioned step", adam_edge_step, preconditioned_bound, OptimizerKind.PRECONDITIONED,
              first_epoch_lr=1e-3, statistics=frozenset({Statistic.CURVATURE, Statistic.PRECONDITIONED}),
              losses=_CLASSIFICATION, bounds_gradient=False, first_epoch_from_steps=True),
     )
