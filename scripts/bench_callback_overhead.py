@@ -25,6 +25,7 @@ Usage::
     python scripts/bench_callback_overhead.py --device cuda --steps 100 --rounds 5
     python scripts/bench_callback_overhead.py --modes compiled,compiled+hooks --warmup 4
     python scripts/bench_callback_overhead.py --rule precond --per-step   # the per-step rate (AdamW)
+    python scripts/bench_callback_overhead.py --rule precond --polyak     # the Polyak step (Schedule-Free SGD)
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ from lipschitz_lightning.models import CifarResNet
 
 
 class Classifier(pl.LightningModule):
-    def __init__(self, seed: int, adam: bool = False) -> None:
+    def __init__(self, seed: int, optimizer: str = "sgd") -> None:
         super().__init__()
-        self.adam = adam
+        self.optimizer_name = optimizer
         torch.manual_seed(seed)
         self.net = CifarResNet((3, 32, 32), 10, depth=20)
         self.criterion = nn.CrossEntropyLoss()
@@ -62,9 +63,19 @@ class Classifier(pl.LightningModule):
         x, y = batch
         return self.criterion(self(x), y)
 
+    def on_train_epoch_start(self) -> None:
+        optimizer = self.optimizers().optimizer
+        if hasattr(optimizer, "train"):  # Schedule-Free: train mode for the steps
+            optimizer.train()
+
     def configure_optimizers(self):
-        if self.adam:  # the Adam-family rules (precond, auto_adam)
+        if self.optimizer_name == "adamw":  # the Adam-family rules (precond, auto_adam)
             return torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=1e-3)
+        if self.optimizer_name == "sf_sgd":  # the Polyak step (conf/optim/polyak_sf.yaml)
+            import schedulefree
+
+            return schedulefree.SGDScheduleFree(self.parameters(), lr=1e-3, momentum=0.9, warmup_steps=0,
+                                                weight_decay=1e-3)
         return torch.optim.SGD(self.parameters(), lr=0.01, weight_decay=1e-3)
 
 
@@ -120,7 +131,7 @@ class CallbackClock:
     Also reads the bytes of per-step statistics the callback holds just before it reduces them.
     """
 
-    PER_STEP = ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end")
+    PER_STEP = ("on_train_batch_start", "on_before_backward", "on_before_optimizer_step", "on_train_batch_end")
 
     def __init__(self, lipschitz: LipschitzLR, device: torch.device) -> None:
         self.device = device
@@ -187,12 +198,13 @@ BASELINES = {"hooks": "none", "probe": "none", "compiled+hooks": "compiled", "bf
 
 def run(mode: str, args: argparse.Namespace, device: torch.device) -> Dict[str, float]:
     source, compiled, precision = MODES[mode]
-    adam = get_rule(args.rule).optimizer in (OptimizerKind.ADAM, OptimizerKind.ADAM_FAMILY)
+    adam = get_rule(args.rule).optimizer in (OptimizerKind.ADAM, OptimizerKind.PRECONDITIONED)
     timer = StepTimer(device)
     callbacks: List[pl.Callback] = [timer]
     clock = None
     if source is not None:
         extra = {"per_step": True} if args.per_step else {}
+        extra.update({"polyak": True} if args.polyak else {})
         lipschitz = LipschitzLR(rule=args.rule, loss="softmax_ce", first_epoch_lr=1e-3 if adam else 0.01,
                                 source=source, **extra)
         if not compiled:
@@ -204,7 +216,7 @@ def run(mode: str, args: argparse.Namespace, device: torch.device) -> Dict[str, 
         callbacks=callbacks, num_sanity_val_steps=0, precision=precision,
     )
     data = Data(args.steps * args.batch_size, args.batch_size, args.seed)
-    module = Classifier(args.seed, adam=adam)
+    module = Classifier(args.seed, optimizer="sf_sgd" if args.polyak else "adamw" if adam else "sgd")
     if compiled:
         torch._dynamo.reset()
         module.net = torch.compile(module.net)
@@ -235,6 +247,8 @@ def main() -> None:
     parser.add_argument("--rule", default="sgd", help="LipschitzLR rule of the runs with the callback")
     parser.add_argument("--per-step", action="store_true",
                         help="the rule's per-step rate (precond): a device tensor written at every step")
+    parser.add_argument("--polyak", action="store_true",
+                        help="the capped Polyak step on Schedule-Free SGD (rule precond): the gradients scaled at every step")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {list(MODES)}")
     args = parser.parse_args()
     if args.steps <= args.warmup + 1:
@@ -262,7 +276,7 @@ def main() -> None:
         return statistics.median(x[key] for x in results[mode])
 
     print(f"\nResNet20, batch {args.batch_size}, {args.steps} steps/run ({args.warmup} warm-up), {args.rounds} "
-          f"interleaved rounds, rule {args.rule}{' per step' if args.per_step else ''}, device {device.type}, torch {torch.__version__}, "
+          f"interleaved rounds, rule {args.rule}{' per step' if args.per_step else ''}{' polyak' if args.polyak else ''}, device {device.type}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print("wall clock, median over rounds; ratio = mode / its baseline measured in the same rounds:")
     print(f"{'mode':>14} {'baseline':>9} {'step ms':>9} {'step ratio':>11} {'epoch s':>9} {'epoch ratio':>12} {'held bytes':>11}")

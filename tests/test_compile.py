@@ -14,7 +14,8 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 from lipschitz_lightning import LipschitzLR
-from tests.lipschitz_toys import OPTIMIZERS, RateRecorder, ToyDataModule, ToyModule, ToyNet, make_data, trainer
+from tests.lipschitz_toys import (OPTIMIZERS, RateRecorder, ToyDataModule, ToyNet, TrainModeToyModule, make_data, sf_sgd,
+                                  trainer)
 
 
 class DynamoCounts(pl.Callback):
@@ -28,16 +29,20 @@ class DynamoCounts(pl.Callback):
         self.breaks.append(sum(counters["graph_break"].values()))
 
 
-# rule -> (its optimizer in lipschitz_toys.OPTIMIZERS, the callback's arguments)
-CASES = {"auto_adam": ("auto_adam", {}), "smooth": ("adamo", {}), "curvature": ("adamo", {}),
-         "precond": ("auto_adam", {"per_step": True})}  # precond: the per-step rate, a tensor written in place
+# case -> (rule, its optimizer, the callback's arguments)
+CASES = {"auto_adam": ("auto_adam", OPTIMIZERS["auto_adam"], {}), "smooth": ("smooth", OPTIMIZERS["adamo"], {}),
+         "curvature": ("curvature", OPTIMIZERS["adamo"], {}),
+         # the per-step rate, a tensor written in place
+         "precond_step": ("precond", OPTIMIZERS["auto_adam"], {"per_step": True}),
+         # the Polyak factor, a tensor multiplied into the gradients at every step
+         "polyak_sf": ("precond", sf_sgd, {"polyak": True})}
 
 
-def fit(rule, compiled, epochs=4):
+def fit(case, compiled, epochs=4):
     torch.manual_seed(0)
     net = ToyNet()
-    optimizer, kwargs = CASES[rule]
-    module = ToyModule(torch.compile(net) if compiled else net, OPTIMIZERS[optimizer])
+    rule, optimizer, kwargs = CASES[case]
+    module = TrainModeToyModule(torch.compile(net) if compiled else net, optimizer)
     rates, counts = RateRecorder(), DynamoCounts()
     # the default first rate: the probe's no-grad forward is one more (warm-up) graph
     trainer([LipschitzLR(rule=rule, **kwargs), rates, counts], max_epochs=epochs).fit(
@@ -46,18 +51,18 @@ def fit(rule, compiled, epochs=4):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rule", sorted(CASES))
-def test_compiled_model_compiles_once_and_keeps_the_rates(rule):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_compiled_model_compiles_once_and_keeps_the_rates(case):
     torch._dynamo.reset()
     counters.clear()
-    rates, counts = fit(rule, compiled=True)
+    rates, counts = fit(case, compiled=True)
     assert counts.graphs[0] >= 1  # the forward really was compiled
     # Two graphs in all: the first-epoch probe's no-grad forward and the training forward. Not
     # one per step of the epoch (5 here), as when the hook's state changed with the step.
     assert counts.graphs[-1] <= 2
     assert counts.graphs == [counts.graphs[0]] * len(counts.graphs)  # no recompile after the first epoch
     assert not any(counts.breaks)  # no graph break (the hook traced inside the graph)
-    eager, _ = fit(rule, compiled=False)
+    eager, _ = fit(case, compiled=False)
     assert rates.rates == pytest.approx(eager.rates, rel=1e-5)
     for a, b in zip(rates.stats, eager.stats):
         assert a["K_z"] == pytest.approx(b["K_z"], rel=1e-5)

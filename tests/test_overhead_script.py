@@ -1,5 +1,5 @@
 """The callback-overhead benchmark (``make bench``) runs and prints its figures, for a plain-SGD
-rule and for the per-step rate (a smoke run: tiny, not a timing)."""
+rule, the per-step rate and the Polyak step (a smoke run: tiny, not a timing)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_callback_overh
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [["--rule", "sgd"], ["--rule", "precond", "--per-step"]], ids=["sgd", "precond-per-step"])
+@pytest.mark.parametrize("extra", [["--rule", "sgd"], ["--rule", "precond", "--per-step"], ["--rule", "precond", "--polyak"]],
+                         ids=["sgd", "precond-per-step", "polyak"])
 def test_overhead_benchmark_runs_and_prints_the_callbacks_share_of_a_step(extra):
     result = subprocess.run([sys.executable, str(SCRIPT), "--steps", "4", "--warmup", "1", "--rounds", "1",
                              "--batch-size", "16", "--modes", "hooks", *extra],

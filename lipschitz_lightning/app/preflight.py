@@ -187,6 +187,7 @@ def check_optimizer_fits(cfg: DictConfig, optimizer: Any, lipschitz: Any) -> Non
     if lipschitz is not None:
         try:
             check_optimizer(lipschitz.rule, probe)
+            lipschitz.polyak.check(probe)
         except ValueError as exc:
             raise ConfigError(f"{what}: {exc}") from exc
 

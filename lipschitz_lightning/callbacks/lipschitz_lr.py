@@ -4,45 +4,36 @@ Contract (spec ``lipschitz-lr-spec.md``): statistics gathered while epoch ``t`` 
 rate of epoch ``t + 1``. The rate is computed at the end of epoch ``t``'s last training batch
 (before validation and before any end-of-epoch checkpoint, so a checkpoint always holds the rate
 the next epoch will use) and written into every param group, times the group's ``lr_scale`` if it
-has one. The math lives in :mod:`lipschitz_lightning.math`; this class gathers, reduces, calls the
-math, writes the rate and logs.
+has one. The math lives in :mod:`lipschitz_lightning.math`.
 
-The callback wires four parts, each with its own small state (a dataclass, saved flat into the
-callback's ``state_dict`` and read back with ``.get``): the gathering
-(:class:`~lipschitz_lightning.callbacks.gathering.HeadGatherer`: hooks, the epoch's record, the
-reduction), the scheduler (:class:`~lipschitz_lightning.callbacks.scheduler.RateScheduler`: the
-rule's update, caps, the one write of the rate, logging), the rollback guard
-(:class:`~lipschitz_lightning.callbacks.rollback.RollbackGuard`) and the first epoch's rate
-(:class:`~lipschitz_lightning.callbacks.first_epoch.FirstEpochRate`: the probe and the re-checks).
+The callback wires five parts of ``callbacks/``, each with its own small state (a dataclass, saved
+flat into the callback's ``state_dict``, read back with ``.get``): ``gathering.HeadGatherer`` (hooks,
+the epoch's record, the reduction), ``scheduler.RateScheduler`` (the rule's update, caps, the one
+write of the rate, logging), ``rollback.RollbackGuard``, ``first_epoch.FirstEpochRate`` (the probe
+and the re-checks) and ``polyak.PolyakStep`` (the capped Polyak step, ``polyak=True``).
 A rule is looked up in :data:`lipschitz_lightning.math.rules.RULES`; the epoch's bound is
 :func:`lipschitz_lightning.math.rules.epoch_bound`, the function the tests check.
 
-Gathering costs no extra forward pass: a forward pre-hook on the head ``nn.Linear`` adds the
-squared Frobenius norm of its input batch (and what else the rule needs) into one preallocated
-device vector per optimizer step, in place, so a ``torch.compile``d model compiles once. Nothing
-moves to the host and no collective runs per step; at epoch end one ``all_reduce(SUM)`` of the
-per-step vectors makes ``K_z`` the norm of the *global* batch, so N devices x batch b give the
-rate of one device x batch N*b (spec section 4).
+Gathering costs no extra forward pass: a forward pre-hook on the head ``nn.Linear`` adds what the
+rule needs into one preallocated device vector per optimizer step, in place (a compiled model
+compiles once). No host sync per step, no collective (``polyak``: one number's under DDP); at epoch
+end one ``all_reduce(SUM)`` makes ``K_z`` the norm of the *global* batch (N devices x batch b: the
+rate of one device x batch N*b).
 
 The guard (:mod:`~lipschitz_lightning.callbacks.rollback`) is on by default for every rule, the
 paper's four included; ``guard=False`` (``optim.callback.guard=false`` in the app) is the raw rule.
-It changes no rate until an epoch fails, and each rollback is one WARNING log line.
+It changes no rate until an epoch fails; each rollback is one WARNING log line. The keys logged
+once per epoch (``lipschitz/lr``, ``next_lr``, ``L``, ...) are listed in the scheduler, which logs them.
 
-Logged once per epoch (``lipschitz/lr``, ``next_lr``, ``L``, ``K_z``, ``W``, the EWMAs, the
-guard's ``rollbacks``, ...): listed in :mod:`~lipschitz_lightning.callbacks.scheduler`, which logs them.
+Example (``MyLitModel.configure_optimizers`` returns ``torch.optim.SGD(params, lr=0.1)``)::
 
-Example::
-
-    import pytorch_lightning as pl
-    from lipschitz_lightning import LipschitzLR
-
-    model = MyLitModel()  # configure_optimizers returns torch.optim.SGD(params, lr=0.1)
     trainer = pl.Trainer(max_epochs=10, callbacks=[LipschitzLR(rule="sgd", loss="softmax_ce")])
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(MyLitModel(), datamodule=dm)
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Dict, Optional, Sequence, Set, Union
 
 import pytorch_lightning as pl
@@ -53,6 +44,7 @@ from lipschitz_lightning.callbacks.errors import LipschitzLRError
 from lipschitz_lightning.callbacks.first_epoch import FirstEpochRate
 from lipschitz_lightning.callbacks.gathering import EpochRecord, HeadGatherer, find_head
 from lipschitz_lightning.callbacks.policy import check_optimizer, optimizer_fit, policy_of
+from lipschitz_lightning.callbacks.polyak import PolyakStep
 from lipschitz_lightning.callbacks.rollback import RollbackGuard
 from lipschitz_lightning.callbacks.scheduler import RateScheduler
 from lipschitz_lightning.math.guard import retry_rate
@@ -74,9 +66,8 @@ class LipschitzLR(pl.Callback):
         head: module name of the head ``nn.Linear``; default the model's last ``nn.Linear``.
         k: number of classes; default the head's ``out_features``.
         weight_decay: L2 coefficient lambda; default the optimizer's largest ``weight_decay``.
-        first_epoch_lr: rate of the first epoch: a positive float, ``"auto"`` (the rule's first
-            update on a no-grad probe of the initial weights), or ``None`` for the rule's default
-            (probe for sgd/rmsprop/gradbound/smooth/curvature, 0.1 for the AdaMos, 1e-3 for adam).
+        first_epoch_lr: rate of the first epoch: a positive float, ``"auto"`` (the rule's first update
+            on a no-grad probe of the initial weights), or ``None``: the rule's (``Rule.first_epoch_lr``).
         betas: EWMA betas; a float (one-beta rules) or ``(beta1, beta2)``. Default: the
             optimizer's own (SGD momentum, RMSprop alpha, Adam betas).
         eps: epsilon of the RMSprop / Auto-Adam rates.
@@ -103,6 +94,8 @@ class LipschitzLR(pl.Callback):
             rule's default. The app sets them, ``max_growth`` and ``guard`` from ``conf/optim``.
         per_step: (``precond``) rescale the rate at every optimizer step by that step's statistic,
             a device tensor written in place (``RateScheduler.on_step``; torch's Adam/AdamW only).
+        polyak: scale each step to the Polyak step of its batch loss, at most the rule's rate
+            (:mod:`~lipschitz_lightning.callbacks.polyak`; Schedule-Free SGD or plain SGD).
 
     Raises:
         ValueError: a bad argument (here), or before training: no ``nn.Linear`` head, a missing
@@ -142,6 +135,7 @@ class LipschitzLR(pl.Callback):
         first_epoch_checks: Optional[bool] = None,
         first_epoch_growth: Optional[float] = None,
         per_step: bool = False,
+        polyak: bool = False,
     ) -> None:
         super().__init__()
         try:
@@ -169,6 +163,7 @@ class LipschitzLR(pl.Callback):
                                        policy.max_growth if max_growth is None else max_growth, per_step)
         self.rollback = RollbackGuard(policy.guard if guard is None else guard, guard_loss_factor, guard_loss_z,
                                       guard_collapse, guard_shrink, guard_snapshot, max_rollbacks, guard_lift)
+        self.polyak = PolyakStep(polyak)
         self.last_stats: Dict[str, float] = {}
         self._epoch_finished = False
         self._restored = False
@@ -200,9 +195,8 @@ class LipschitzLR(pl.Callback):
 
     @staticmethod
     def rules_of(checkpoint: Dict[str, Any]) -> Set[str]:
-        """The rules (registry names) of the ``LipschitzLR`` states a checkpoint holds; empty:
-        trained without one. The one reader of this callback's keys outside it (the app's resume
-        check asks it)."""
+        """The rules (registry names) of the ``LipschitzLR`` states a checkpoint holds (empty: none);
+        the one reader of this callback's keys outside it (the app's resume check asks it)."""
         names = [str(state.get("rule")) for key, state in (checkpoint.get("callbacks") or {}).items()
                  if str(key).startswith("LipschitzLR") and isinstance(state, dict)]
         return {RULE_ALIASES.get(name, name) for name in names}  # an unknown name compares as it is
@@ -222,6 +216,7 @@ class LipschitzLR(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.scheduler.fit_start(trainer)
+        self.polyak.check(trainer.optimizers[0])
         self.gatherer.allocate(pl_module.device, trainer.optimizers[0])
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -279,12 +274,16 @@ class LipschitzLR(pl.Callback):
         self.gatherer.start_batch(batch)
         self.scheduler.on_batch_start(trainer)
 
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        self.polyak.add_loss(loss)
+
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         head = self.gatherer.head_optimizer_state(optimizer) if self.gatherer.needs_preconditioner else None
-        moment = optimizer_fit(self.rule).second_moment(*head) if head is not None else None
-        self.gatherer.observe_gradient(self.scheduler.weight_decay_in_use, moment)
+        terms = partial(optimizer_fit(self.rule, optimizer).step_terms, *head) if head is not None else None
+        self.gatherer.observe_gradient(self.scheduler.weight_decay_in_use, terms)
+        self.polyak.scale_gradients(trainer, optimizer, self.lr)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -372,7 +371,8 @@ class LipschitzLR(pl.Callback):
         scheduler.end_epoch(trainer, new_lr, new_state)
         gatherer.reset_epoch()
         ceiling = guard.ceiling if guard.ceiling is not None else float("nan")
-        self.last_stats = scheduler.log(pl_module, stats, bound, used_lr, capped, invalid, guard.metrics(),
+        self.last_stats = scheduler.log(pl_module, stats, bound, used_lr, capped, invalid,
+                                        {**guard.metrics(), **self.polyak.metrics()},
                                         {"ceiling": ceiling})
 
     # ------------------------------------------------------------------ checkpointing
@@ -385,6 +385,7 @@ class LipschitzLR(pl.Callback):
         state.update(self.scheduler.state_dict())
         state.update(self.rollback.state_dict(mid_epoch))
         state.update(self.first_epoch.state_dict())
+        state.update(self.polyak.state_dict())
         record = self.gatherer.record if mid_epoch else EpochRecord()
         state.update(record.state_dict())
         return state
@@ -392,6 +393,7 @@ class LipschitzLR(pl.Callback):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state_dict)
         self.first_epoch.load_state_dict(state_dict, self.lr)
+        self.polyak.load_state_dict(state_dict)
         self.gatherer.record = EpochRecord.from_state(state_dict)
         self._restored_mid_epoch = bool(self.gatherer.record.steps)
         self.rollback.load_state_dict(state_dict, mid_epoch=self._restored_mid_epoch)

@@ -16,7 +16,7 @@ import torch
 
 __all__ = ["EpochStats", "RuleHyper", "RuleState", "adamo", "adaptive_rmsprop", "adaptive_sgd", "auto_adam",
            "bias_corrected", "ewma", "momentum_step", "adam_edge_step",
-           "per_step_rate"]
+           "per_step_rate", "polyak_factor"]
 
 
 @dataclass(frozen=True)
@@ -156,3 +156,21 @@ def per_step_rate(rate: float, ratio_ewma: torch.Tensor, terms: torch.Tensor, ra
     new_ewma = torch.where(p > 0, blended, ratio_ewma)
     scaled = torch.where(new_ewma > 0, rate * new_ewma / ratio_ref, torch.full_like(new_ewma, rate))
     return scaled.clamp(rate / growth, rate * growth), new_ewma
+
+
+def polyak_factor(loss: torch.Tensor, gap: torch.Tensor, scaled_sq_norm: torch.Tensor, rate: float) -> torch.Tensor:
+    """The fraction ``rho`` of the rule's ``rate`` at which the step ``z <- z - rate rho g`` is the
+    Polyak step, capped by the rate: ``rho = min(1, max(0, f + gap) / (rate sum_i s_i ||g_i||^2))``
+    (docs/rules.md section 10), on the device (no host sync).
+
+    ``loss`` is the batch loss ``f`` at the gradient's point ``y``; ``gap`` is ``<g, z - y>``, so
+    that ``f + gap`` is the linearized loss at the point ``z`` the step moves (ScheduleFree+'s
+    numerator: ``z - y = b (z - x)``), and the loss's lower bound is 0; ``scaled_sq_norm`` is
+    ``sum_i s_i ||g_i||^2`` over the param groups (``s_i`` their ``lr_scale``). The Polyak step
+    ``(f + gap) / sum_i s_i ||g_i||^2`` is where the linear model of the loss along the step
+    reaches 0; a gradient of 0 gives ``rho = 1``. A non-finite loss gives a non-finite ``rho``
+    (the guard's case, not hidden)."""
+    target = (loss + gap).clamp_min(0.0)
+    denominator = rate * scaled_sq_norm
+    ratio = target / denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
+    return torch.where(denominator > 0, ratio.clamp(max=1.0), torch.ones_like(ratio))
