@@ -39,6 +39,8 @@ EXPECTED = {
     "precond": (True, 4.0, True, 2.0),
     "precond_sf": (True, 4.0, True, 2.0),
     "precond_step": (True, 4.0, True, 2.0),
+    "precond_sf_sgd": (True, 4.0, True, 2.0),
+    "polyak_sf": (True, 4.0, True, 2.0),
 }
 
 
