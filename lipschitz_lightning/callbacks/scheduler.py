@@ -23,7 +23,9 @@ Logged once per epoch (through ``pl_module.log``, so they reach the logger and
   bound was non-positive/NaN/inf and the previous rate was kept,
 * ``lipschitz/rollbacks`` -- (guard on) the number of epochs rolled back so far,
 * ``lipschitz/ceiling_bound`` -- (guard on) 1 when the coming epoch's rate is held at the guard's
-  ceiling (after a rollback, or because the rule's rate is above the ceiling).
+  ceiling (after a rollback, or because the rule's rate is above the ceiling),
+* ``lipschitz/polyak`` -- (``polyak=True``) the epoch's mean factor of the capped Polyak step
+  (:mod:`~lipschitz_lightning.callbacks.polyak`; 1: every step at the rule's rate).
 """
 
 from __future__ import annotations
