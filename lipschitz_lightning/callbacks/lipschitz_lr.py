@@ -165,9 +165,7 @@ class LipschitzLR(pl.Callback):
                                       guard_collapse, guard_shrink, guard_snapshot, max_rollbacks, guard_lift)
         self.polyak = PolyakStep(polyak)
         self.last_stats: Dict[str, float] = {}
-        self._epoch_finished = False
-        self._restored = False
-        self._restored_mid_epoch = False
+        self._epoch_finished = self._restored = self._restored_mid_epoch = False
         self._started_epoch: Optional[int] = None  # the epoch whose start has run
 
     # ------------------------------------------------------------------ the settings, read back
