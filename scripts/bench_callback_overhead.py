@@ -33,7 +33,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import statistics
+import tempfile
 import time
 import warnings
 from typing import Dict, List
@@ -185,6 +188,36 @@ class CallbackClock:
     _nested = 0.0
 
 
+def _reduce_worker(rank: int, world: int, port: int, n: int, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    x = torch.ones(())
+    for _ in range(10):  # warm-up
+        torch.distributed.all_reduce(x)
+    times = []
+    for _ in range(n):
+        torch.distributed.barrier()
+        start = time.perf_counter()
+        torch.distributed.all_reduce(x)
+        times.append(time.perf_counter() - start)
+    if rank == 0:
+        with open(out, "w") as f:
+            f.write(str(statistics.median(times)))
+    torch.distributed.destroy_process_group()
+
+
+def scalar_allreduce_seconds(world: int = 2, n: int = 200) -> float:
+    """Median time of one all-reduce of one float over ``world`` CPU processes (gloo): the Polyak
+    step's per-step collective under DDP (the batch loss averaged over the ranks)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "median")
+        torch.multiprocessing.spawn(_reduce_worker, args=(world, port, n, out), nprocs=world)
+        with open(out) as f:
+            return float(f.read())
+
+
 #: mode -> (callback source or None, torch.compile the network, precision)
 MODES = {
     "none": (None, False, "32-true"),
@@ -301,6 +334,11 @@ def main() -> None:
         if mode in BASELINES:
             ratios = [a["step"] / b["step"] for a, b in zip(results[mode], results[BASELINES[mode]])]
             print(f"per-round step ratio {mode}: " + ", ".join(f"{x:.4f}" for x in ratios))
+    if args.polyak:
+        reduce = scalar_allreduce_seconds()
+        base_step = median("none", "step") if "none" in results else float("nan")
+        print(f"DDP: the Polyak step's all-reduce of one float per step (gloo, 2 CPU processes, median of 200): "
+              f"{reduce * 1e6:.1f} us = {reduce / base_step * 100:.3f}% of a step without the callback")
     if device.type == "cuda":
         print("peak allocated (MiB): " + ", ".join(f"{m} {median(m, 'peak') / 2**20:.1f}" for m in modes))
 

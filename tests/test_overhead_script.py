@@ -22,3 +22,5 @@ def test_overhead_benchmark_runs_and_prints_the_callbacks_share_of_a_step(extra)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "time inside the callback" in result.stdout
     assert "% of a step without it" in result.stdout
+    if "--polyak" in extra:  # its one collective per step under DDP, timed on two processes
+        assert "DDP: the Polyak step's all-reduce of one float per step" in result.stdout
