@@ -281,7 +281,7 @@ class LipschitzLR(pl.Callback):
         head = self.gatherer.head_optimizer_state(optimizer) if self.gatherer.needs_preconditioner else None
         terms = partial(optimizer_fit(self.rule, optimizer).step_terms, *head) if head is not None else None
         self.gatherer.observe_gradient(self.scheduler.weight_decay_in_use, terms)
-        self.polyak.scale_gradients(trainer, optimizer, self.lr)
+        self.polyak.scale_gradients(trainer, optimizer)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -158,19 +158,17 @@ def per_step_rate(rate: float, ratio_ewma: torch.Tensor, terms: torch.Tensor, ra
     return scaled.clamp(rate / growth, rate * growth), new_ewma
 
 
-def polyak_factor(loss: torch.Tensor, gap: torch.Tensor, scaled_sq_norm: torch.Tensor, rate: float) -> torch.Tensor:
-    """The fraction ``rho`` of the rule's ``rate`` at which the step ``z <- z - rate rho g`` is the
-    Polyak step, capped by the rate: ``rho = min(1, max(0, f + gap) / (rate sum_i s_i ||g_i||^2))``
-    (docs/rules.md section 10), on the device (no host sync).
+def polyak_factor(loss: torch.Tensor, drift: torch.Tensor, step_sq_norm: torch.Tensor) -> torch.Tensor:
+    """The fraction ``rho`` of the rule's step at which the point the next gradient is taken at
+    reaches the zero of the loss's linear model, capped at the rule's step:
+    ``rho = min(1, max(0, f + drift) / step_sq_norm)`` (docs/rules.md section 10), on the device.
 
-    ``loss`` is the batch loss ``f`` at the gradient's point ``y``; ``gap`` is ``<g, z - y>``, so
-    that ``f + gap`` is the linearized loss at the point ``z`` the step moves (ScheduleFree+'s
-    numerator: ``z - y = b (z - x)``), and the loss's lower bound is 0; ``scaled_sq_norm`` is
-    ``sum_i s_i ||g_i||^2`` over the param groups (``s_i`` their ``lr_scale``). The Polyak step
-    ``(f + gap) / sum_i s_i ||g_i||^2`` is where the linear model of the loss along the step
-    reaches 0; a gradient of 0 gives ``rho = 1``. A non-finite loss gives a non-finite ``rho``
-    (the guard's case, not hidden)."""
-    target = (loss + gap).clamp_min(0.0)
-    denominator = rate * scaled_sq_norm
-    ratio = target / denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
-    return torch.where(denominator > 0, ratio.clamp(max=1.0), torch.ones_like(ratio))
+    The optimizer's coming step moves that point by ``d - rho sum_i lr_i a_i g_i`` (``d`` the part
+    that does not depend on the gradient, ``a_i`` the step's reach along ``-g_i``: Schedule-Free
+    SGD's ``1 - b (1 - c)``, plain SGD's 1), so the linear model ``f + <g, d> - rho sum_i lr_i a_i
+    ||g_i||^2`` is 0 at ``rho = (f + drift) / step_sq_norm`` with ``drift = <g, d>`` and
+    ``step_sq_norm = sum_i lr_i a_i ||g_i||^2``; the loss's lower bound is 0. A gradient of 0 gives
+    ``rho = 1``; a non-finite loss a non-finite ``rho`` (the guard's case, not hidden)."""
+    target = (loss + drift).clamp_min(0.0)
+    ratio = target / step_sq_norm.clamp_min(torch.finfo(step_sq_norm.dtype).tiny)
+    return torch.where(step_sq_norm > 0, ratio.clamp(max=1.0), torch.ones_like(ratio))
