@@ -208,3 +208,17 @@ class ScriptedLoss(ToyModule):
         x, _ = batch
         epoch = min(self.trainer.current_epoch, len(self.script) - 1)
         return self(x).sum() * 0.0 + self.script[epoch][batch_idx]
+
+
+class ScriptedShrinkingLoss(ScriptedLoss):
+    """``ScriptedLoss`` whose inputs are scaled per epoch by ``scales``: features that shrink make
+    the rule's rate rise while the scripted loss does what the test asks."""
+
+    def __init__(self, script, scales):
+        super().__init__(script)
+        self.scales = scales
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        epoch = min(self.trainer.current_epoch, len(self.script) - 1)
+        return self(x * self.scales[epoch]).sum() * 0.0 + self.script[epoch][batch_idx]

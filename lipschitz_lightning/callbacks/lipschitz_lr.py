@@ -86,7 +86,7 @@ class LipschitzLR(pl.Callback):
             default, on for every rule (the paper's included: no rate changes until it fires);
             ``False``: the raw rule.
         guard_loss_factor, guard_loss_z, guard_collapse, guard_shrink, guard_snapshot, max_rollbacks,
-            guard_lift: the guard's settings
+            guard_lift, guard_drift: the guard's settings
             (:class:`~lipschitz_lightning.callbacks.rollback.RollbackGuard` describes each).
         first_epoch_checks, first_epoch_growth: re-check the first epoch's rate at its steps 1, 2,
             4, ... (one host sync each, first epoch only), and the factor by which a check may raise
@@ -132,6 +132,7 @@ class LipschitzLR(pl.Callback):
         guard_snapshot: str = "device",
         max_rollbacks: int = 5,
         guard_lift: float = 2.0,
+        guard_drift: float = 0.1,
         first_epoch_checks: Optional[bool] = None,
         first_epoch_growth: Optional[float] = None,
         per_step: bool = False,
@@ -162,7 +163,8 @@ class LipschitzLR(pl.Callback):
         self.scheduler = RateScheduler(rule, loss, k, weight_decay, betas, eps, bias_correction, decay, max_lr,
                                        policy.max_growth if max_growth is None else max_growth, per_step)
         self.rollback = RollbackGuard(policy.guard if guard is None else guard, guard_loss_factor, guard_loss_z,
-                                      guard_collapse, guard_shrink, guard_snapshot, max_rollbacks, guard_lift)
+                                      guard_collapse, guard_shrink, guard_snapshot, max_rollbacks, guard_lift,
+                                      guard_drift)
         self.polyak = PolyakStep(polyak)
         self.last_stats: Dict[str, float] = {}
         self._epoch_finished = self._restored = self._restored_mid_epoch = False
@@ -348,17 +350,17 @@ class LipschitzLR(pl.Callback):
         bound = scheduler.bound(stats)
         used_lr = self.lr
         epoch = trainer.current_epoch
-        failure = guard.failure(stats)
+        epoch_max = max(used_lr, scheduler.state.epoch_max_lr or used_lr)  # the largest rate in force
+        failure = guard.failure(stats, epoch_max)
         invalid = capped = False
         if failure is not None:
             first = self.accepted_epochs == 0
-            failed_max = max(used_lr, scheduler.state.epoch_max_lr or used_lr)
-            new_lr = retry_rate(failed_max, guard.shrink, self.first_epoch.state.start_rate if first else None)
+            new_lr = retry_rate(epoch_max, guard.shrink, self.first_epoch.state.start_rate if first else None)
             new_state: Optional[RuleState] = guard.roll_back(trainer, pl_module, failure, new_lr)
             if first:  # the retry is a first epoch again: its checks start from the retry's rate
                 self.first_epoch.begin(new_lr)
         else:
-            guard.accept(stats)
+            guard.accept(stats, epoch_max)
             new_lr, new_state = scheduler.candidate(bound, stats, epoch)
             invalid = new_state is None
             if not invalid:

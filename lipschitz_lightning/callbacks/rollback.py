@@ -6,7 +6,9 @@ fails, and each rollback is one WARNING log line. When an
 epoch's training loss turns non-finite or its mean or end rises above ``guard_loss_factor`` times where it started
 (the previous epoch's end; in the first epoch, the loss of the initial weights) by more than its
 noise (``guard_loss_z`` standard errors; ``math.guard.loss_rose``), or the
-head input's norm collapses below ``guard_collapse`` times its start, the weights and optimizer
+head input's norm collapses below ``guard_collapse`` times its start, or the loss drifts up (two
+epochs in a row, each at a rate more than ``guard_drift`` above the one before and with a mean loss
+more than ``guard_drift`` above the best accepted epoch's; ``math.guard.drifted``), the weights and optimizer
 state of the epoch's start are restored and the next epoch runs at ``guard_shrink`` times the
 largest rate of the failed epoch (in the first epoch at most the rule's rate for the initial
 weights, and with the first-epoch checks again), ``math.guard.retry_rate``. That rate caps the later
@@ -30,7 +32,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from lipschitz_lightning.callbacks.errors import LipschitzLRError
 from lipschitz_lightning.callbacks.scheduler import is_positive_number
-from lipschitz_lightning.math.guard import lift_ceiling, loss_rose, mean, mean_and_se
+from lipschitz_lightning.math.guard import DRIFT_EPOCHS, drifted, lift_ceiling, loss_rose, mean, mean_and_se
 from lipschitz_lightning.math.rules import RuleState
 from lipschitz_lightning.math.statistics import HeadStats
 
@@ -51,6 +53,8 @@ class GuardState:
         ceiling_bound: the coming epoch's rate is held at the ceiling.
         loss_reference, loss_reference_se: the last accepted epoch's final loss and its standard error.
         initial_loss: the run's first step loss (the guard's scale).
+        best_loss: the lowest mean loss of an accepted epoch; last_rate: the largest rate in
+            force in the last accepted epoch; drifts: the accepted epochs in a row that drifted.
     """
 
     rollbacks: int = 0
@@ -60,6 +64,9 @@ class GuardState:
     loss_reference: Optional[float] = None
     loss_reference_se: float = 0.0
     initial_loss: Optional[float] = None
+    best_loss: Optional[float] = None
+    last_rate: Optional[float] = None
+    drifts: int = 0
 
     @classmethod
     def from_state(cls, state: Dict[str, Any]) -> "GuardState":
@@ -69,7 +76,8 @@ class GuardState:
                    ceiling=state.get("ceiling"), ceiling_bound=bool(state.get("ceiling_bound", False)),
                    loss_reference=state.get("loss_reference"),
                    loss_reference_se=float(state.get("loss_reference_se") or 0.0),
-                   initial_loss=state.get("initial_loss"))
+                   initial_loss=state.get("initial_loss"), best_loss=state.get("best_loss"),
+                   last_rate=state.get("last_rate"), drifts=int(state.get("drifts", 0)))
 
 
 class RollbackGuard:
@@ -93,12 +101,16 @@ class RollbackGuard:
         lift: after a rollback, each healthy epoch multiplies the guard's ceiling by this
             until the rule's rate no longer reaches it, and then removes it; 1: the ceiling stays
             for the rest of the run.
+        drift: an epoch fails when it and the epoch before it each ran at more than ``1 + drift``
+            times the rate of the epoch before, with a mean loss above ``1 + drift`` times the best
+            accepted epoch's (``math.guard.drifted``); 0: off.
 
         (``LipschitzLR`` passes its ``guard_*`` arguments, and ``max_rollbacks``.)
     """
 
     def __init__(self, enabled: bool = True, loss_factor: float = 2.0, loss_z: float = 3.0, collapse: float = 1e-2,
-                 shrink: float = 0.25, snapshot: str = "device", max_rollbacks: int = 5, lift: float = 2.0) -> None:
+                 shrink: float = 0.25, snapshot: str = "device", max_rollbacks: int = 5, lift: float = 2.0,
+                 drift: float = 0.1) -> None:
         if not (isinstance(max_rollbacks, int) and max_rollbacks >= 1):
             raise ValueError(f"LipschitzLR: max_rollbacks must be a positive integer; got {max_rollbacks!r}")
         if not (is_positive_number(loss_factor) and loss_factor > 1):
@@ -111,6 +123,8 @@ class RollbackGuard:
             raise ValueError(f"LipschitzLR: guard_shrink must be in (0, 1); got {shrink!r}")
         if not (is_positive_number(lift) and lift >= 1):
             raise ValueError(f"LipschitzLR: guard_lift must be a number >= 1 (1: never lift the ceiling); got {lift!r}")
+        if isinstance(drift, bool) or not (isinstance(drift, (int, float)) and 0 <= drift < math.inf):
+            raise ValueError(f"LipschitzLR: guard_drift must be a number >= 0 (0: off); got {drift!r}")
         if snapshot not in SNAPSHOTS:
             raise ValueError(f"LipschitzLR: guard_snapshot must be one of {list(SNAPSHOTS)}; got {snapshot!r}")
         self.enabled = bool(enabled)
@@ -121,6 +135,7 @@ class RollbackGuard:
         self.snapshot_place = snapshot
         self.max_rollbacks = max_rollbacks
         self.lift = float(lift)
+        self.drift = float(drift)
         self.state = GuardState()
         self._snapshot: Optional[Dict[str, Any]] = None  # the epoch's start (not saved at epoch ends)
         self._loaded_snapshot: Optional[Dict[str, Any]] = None  # a mid-epoch checkpoint's
@@ -164,8 +179,9 @@ class RollbackGuard:
 
     # ------------------------------------------------------------------ the epoch's end
 
-    def failure(self, stats: HeadStats) -> Optional[str]:
-        """Why this epoch must be rolled back, or ``None`` (always ``None`` when off)."""
+    def failure(self, stats: HeadStats, rate: float) -> Optional[str]:
+        """Why this epoch, whose largest rate in force was ``rate``, must be rolled back, or ``None``
+        (always ``None`` when off)."""
         if self._snapshot is None:
             return None
         losses, norms = stats.step_losses, stats.step_norms
@@ -187,7 +203,16 @@ class RollbackGuard:
             start, end = mean(norms[:n]), mean(norms[-n:])
             if end < self.collapse * start:
                 return f"the head input's norm collapsed from {start:.4g} to {end:.4g}"
+        if self._drifted(stats, rate) and self.state.drifts + 1 >= DRIFT_EPOCHS:
+            s = self.state
+            return (f"the training loss drifted up for {DRIFT_EPOCHS} epochs as the rate rose (to {rate:.4g}): "
+                    f"mean {mean(losses):.4g} against the best epoch's {s.best_loss:.4g}")
         return None
+
+    def _drifted(self, stats: HeadStats, rate: float) -> bool:
+        s = self.state
+        return bool(stats.step_losses) and drifted(mean(stats.step_losses), s.best_loss, rate, s.last_rate,
+                                                   self.drift, s.initial_loss or 0.0)
 
     def roll_back(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reason: str, retry_lr: float) -> RuleState:
         """Restore the epoch's start; ``retry_lr`` becomes the ceiling. Returns the rule's state
@@ -205,6 +230,7 @@ class RollbackGuard:
         s.rollbacks += 1
         s.consecutive_rollbacks += 1
         s.ceiling, s.ceiling_bound = retry_lr, True
+        s.drifts = 0
         if s.consecutive_rollbacks > self.max_rollbacks:
             raise LipschitzLRError(
                 f"LipschitzLR: epoch {trainer.current_epoch} failed after {self.max_rollbacks} rollbacks in a row "
@@ -218,9 +244,14 @@ class RollbackGuard:
         )
         return snapshot["state"]
 
-    def accept(self, stats: HeadStats) -> None:
-        """A healthy epoch: its last quarter's loss is the next epoch's reference."""
+    def accept(self, stats: HeadStats, rate: float) -> None:
+        """A healthy epoch (its largest rate in force ``rate``): its last quarter's loss is the next
+        epoch's reference; its mean loss may be the best, or a drift."""
         s = self.state
+        s.drifts = s.drifts + 1 if self._drifted(stats, rate) else 0
+        s.last_rate = rate
+        if stats.step_losses:
+            s.best_loss = min(mean(stats.step_losses), s.best_loss if s.best_loss is not None else math.inf)
         s.consecutive_rollbacks = 0
         s.ceiling_bound = False
         if stats.step_losses:
