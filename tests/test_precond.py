@@ -82,7 +82,11 @@ def test_precond_bound_and_rate_follow_independently_recorded_steps(optimizer):
     torch.manual_seed(0)
     module = SwitchingToyModule(ToyNet(k=3, hidden=8), OPTIMIZERS[optimizer])
     oracle, logged = StepOracle(), Logged()
-    callback = LipschitzLR(rule="precond", first_epoch_checks=True, first_epoch_growth=2.0, max_growth=4.0)
+    # The raw rule (guard off): on these random labels the loss cannot fall, and with AdamW at the
+    # rate growing 4x per epoch it drifts up (1.25 -> 1.43 at lr 1.0), which the guard rolls back
+    # (tests/test_guard.py); this test is of the rule's formula.
+    callback = LipschitzLR(rule="precond", first_epoch_checks=True, first_epoch_growth=2.0, max_growth=4.0,
+                           guard=False)
     rates = []
 
     class Rates(pl.Callback):
