@@ -146,11 +146,9 @@ class LipschitzLR(pl.Callback):
         entry = RULES[rule]
         get_loss(loss, "LipschitzLR")
         if loss not in entry.losses:
-            raise ValueError(
-                f"LipschitzLR: rule {rule!r} is derived for the losses {list(entry.losses)}; got loss {loss!r}"
-            )
-        self.rule = rule
-        self.loss = loss
+            raise ValueError(f"LipschitzLR: rule {rule!r} is derived for the losses {list(entry.losses)}; "
+                             f"got loss {loss!r}")
+        self.rule, self.loss = rule, loss
         policy = policy_of(rule)  # the drop-in defaults; the app passes conf/optim's values
         # Each part checks its own arguments.
         self.gatherer = HeadGatherer(loss, head, source, probe_batches, entry.statistics)
