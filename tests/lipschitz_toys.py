@@ -198,27 +198,16 @@ class InputRecorder(pl.Callback):
 class ScriptedLoss(ToyModule):
     """A toy whose training loss per step is scripted per epoch and whose gradient is zero: the
     weights, the features and so the rule's rate stay the same in every epoch, and the guard's loss
-    test is seen through the callback's logged ``lipschitz/rollbacks`` alone."""
+    test is seen through the callback's logged ``lipschitz/rollbacks`` alone. ``scales`` (one per
+    epoch) scales the inputs: features that shrink make the rule's rate rise."""
 
-    def __init__(self, script):
+    def __init__(self, script, scales=None):
         super().__init__(ToyNet(), OPTIMIZERS["sgd"])
         self.script = script
-
-    def training_step(self, batch, batch_idx):
-        x, _ = batch
-        epoch = min(self.trainer.current_epoch, len(self.script) - 1)
-        return self(x).sum() * 0.0 + self.script[epoch][batch_idx]
-
-
-class ScriptedShrinkingLoss(ScriptedLoss):
-    """``ScriptedLoss`` whose inputs are scaled per epoch by ``scales``: features that shrink make
-    the rule's rate rise while the scripted loss does what the test asks."""
-
-    def __init__(self, script, scales):
-        super().__init__(script)
         self.scales = scales
 
     def training_step(self, batch, batch_idx):
         x, _ = batch
         epoch = min(self.trainer.current_epoch, len(self.script) - 1)
-        return self(x * self.scales[epoch]).sum() * 0.0 + self.script[epoch][batch_idx]
+        scale = 1.0 if self.scales is None else self.scales[epoch]
+        return self(x * scale).sum() * 0.0 + self.script[epoch][batch_idx]

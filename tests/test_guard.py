@@ -10,7 +10,7 @@ import torch
 
 from lipschitz_lightning import LipschitzLR
 from lipschitz_lightning.math.guard import drifted, lift_ceiling, retry_rate
-from tests.lipschitz_toys import ScriptedLoss, ScriptedShrinkingLoss, RateRecorder, ToyDataModule, make_data, trainer
+from tests.lipschitz_toys import ScriptedLoss, RateRecorder, ToyDataModule, make_data, trainer
 
 # --------------------------------------------------------------------------- the math, by hand
 
@@ -128,7 +128,7 @@ def drift_run(script, scales, **kwargs):
     torch.manual_seed(0)
     rates = RateRecorder()
     cb = LipschitzLR(rule="gradbound", guard=True, first_epoch_checks=False, **kwargs)
-    trainer([cb, rates], max_epochs=len(script)).fit(ScriptedShrinkingLoss(script, scales),
+    trainer([cb, rates], max_epochs=len(script)).fit(ScriptedLoss(script, scales),
                                                     datamodule=ToyDataModule(make_data(n=64), 16))
     return cb, rates
 

@@ -250,11 +250,10 @@ class RollbackGuard:
         s = self.state
         s.drifts = s.drifts + 1 if self._drifted(stats, rate) else 0
         s.last_rate = rate
-        if stats.step_losses:
-            s.best_loss = min(mean(stats.step_losses), s.best_loss if s.best_loss is not None else math.inf)
         s.consecutive_rollbacks = 0
         s.ceiling_bound = False
         if stats.step_losses:
+            s.best_loss = min(mean(stats.step_losses), s.best_loss if s.best_loss is not None else math.inf)
             s.loss_reference, s.loss_reference_se = mean_and_se(stats.step_losses[-max(1, len(stats.step_losses) // 4):])
 
     def lift_ceiling(self, rule_lr: float) -> Optional[float]:
